@@ -1,0 +1,18 @@
+//! Canonical CT volume, classical lung mask and the model-input recipes.
+//!
+//! Pure computation, no I/O besides writing `.npy`: every service that needs a volume or a model
+//! input depends on this crate, and this crate depends on no service.
+//!
+//! Layout convention (reference §2.7): the logical index is `[i = column, j = row, k = slice]`
+//! with slices sorted ascending along the stacking axis. Voxels are stored k-major, then j, then
+//! i (i fastest), i.e. an ndarray of shape `[nk, nj, ni]` in C order: each DICOM slice is one
+//! contiguous `rows x columns` block, and a NIfTI data block maps onto it byte for byte.
+
+pub mod lung;
+pub mod npy;
+pub mod recipe;
+mod volume;
+
+pub use lung::{LungStats, LungValidation, lung_mask, validate_lungs};
+pub use recipe::ctclip::{CTCLIP_SHAPE, CtclipError, ctclip_tensor};
+pub use volume::{Geometry, Volume, VolumeError, Voxels};

@@ -1,0 +1,256 @@
+//! Classical, deterministic lung segmentation and the reference's lung validation.
+//!
+//! Mask (per axial slice, in parallel):
+//! 1. `low` = voxels below [`AIR_HU`] (air and lung parenchyma);
+//! 2. air connected to the slice border (outside the body, and the table gap) is removed by a
+//!    4-connected flood fill from the border;
+//! 3. the remaining low-density connected regions (4-connectivity) with an area of at least
+//!    [`MIN_REGION_MM2`] are lung (this drops the trachea, small bowel gas and noise).
+//!
+//! Validation (celsus-reference §3.6.2, `LungValidator`): a slice is a lung slice when it has
+//! more than 1500 lung voxels; `L` is the longest run of lung slices counted with the
+//! reference's `longest_segment` (including its off-by-one at the volume ends); the study fails
+//! with `lungs_not_found` when `L / nk < 0.35` (or there is no lung voxel), and with
+//! `lungs_too_short` when `L * slice_spacing < 145 mm`.
+
+use crate::Volume;
+use ndarray::{Array3, Axis};
+use rayon::prelude::*;
+
+/// Voxels below this HU are candidate air/lung.
+pub const AIR_HU: f32 = -400.0;
+/// Smallest in-plane region kept as lung, in mm^2 (the trachea is about 2-4 cm^2).
+pub const MIN_REGION_MM2: f64 = 600.0;
+pub const OCCUPANCY_THRESHOLD: f64 = 0.35;
+pub const LUNG_LENGTH_THRESHOLD_MM: f64 = 145.0;
+pub const MIN_LUNG_PIXELS_ON_SLICE: usize = 1500;
+
+/// Lung mask (1 = lung), shape `[nk, nj, ni]` like the volume.
+pub fn lung_mask(volume: &Volume) -> Array3<u8> {
+    let [ni, nj, nk] = volume.dims();
+    let sp = volume.geometry().spacing_mm;
+    let min_pixels = (MIN_REGION_MM2 / (sp[0] * sp[1])).ceil().max(1.0) as usize;
+    let mut mask = Array3::<u8>::zeros((nk, nj, ni));
+    mask.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each(|(k, mut plane)| {
+        let mut hu = vec![0f32; ni * nj];
+        volume.slice_f32(k, &mut hu);
+        let out = plane.as_slice_mut().expect("mask planes are contiguous");
+        segment_slice(&hu, ni, nj, min_pixels, out);
+    });
+    mask
+}
+
+fn segment_slice(hu: &[f32], ni: usize, nj: usize, min_pixels: usize, out: &mut [u8]) {
+    // 0 = dense, 1 = low (candidate), 2 = visited/outside or labelled
+    const DENSE: u8 = 0;
+    const LOW: u8 = 1;
+    const DONE: u8 = 2;
+    let mut state: Vec<u8> = hu.iter().map(|&v| if v < AIR_HU { LOW } else { DENSE }).collect();
+    let mut stack = Vec::new();
+    let push_if_low = |state: &mut [u8], stack: &mut Vec<usize>, p: usize| {
+        if state[p] == LOW {
+            state[p] = DONE;
+            stack.push(p);
+        }
+    };
+    // 1. outside air: flood from the border
+    for i in 0..ni {
+        push_if_low(&mut state, &mut stack, i);
+        push_if_low(&mut state, &mut stack, (nj - 1) * ni + i);
+    }
+    for j in 0..nj {
+        push_if_low(&mut state, &mut stack, j * ni);
+        push_if_low(&mut state, &mut stack, j * ni + ni - 1);
+    }
+    flood(&mut state, &mut stack, ni, nj, LOW, DONE, |_| {});
+    // 2. inner low-density regions: label, keep the large ones
+    let mut region = Vec::new();
+    for p in 0..state.len() {
+        if state[p] != LOW {
+            continue;
+        }
+        state[p] = DONE;
+        stack.push(p);
+        region.clear();
+        flood(&mut state, &mut stack, ni, nj, LOW, DONE, |q| region.push(q));
+        if region.len() >= min_pixels {
+            for &q in &region {
+                out[q] = 1;
+            }
+        }
+    }
+}
+
+/// Pops from `stack` until empty, marking 4-neighbours in state `from` as `to` and reporting
+/// every popped pixel to `visit`.
+fn flood(state: &mut [u8], stack: &mut Vec<usize>, ni: usize, nj: usize, from: u8, to: u8, mut visit: impl FnMut(usize)) {
+    while let Some(p) = stack.pop() {
+        visit(p);
+        let (i, j) = (p % ni, p / ni);
+        let mut go = |q: usize| {
+            if state[q] == from {
+                state[q] = to;
+                stack.push(q);
+            }
+        };
+        if i > 0 {
+            go(p - 1);
+        }
+        if i + 1 < ni {
+            go(p + 1);
+        }
+        if j > 0 {
+            go(p - ni);
+        }
+        if j + 1 < nj {
+            go(p + ni);
+        }
+    }
+}
+
+/// Figures of the reference's lung validation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LungStats {
+    /// Longest run of lung slices (reference counting, see [`longest_segment`]).
+    pub lung_slices: usize,
+    pub lung_length_mm: f64,
+    pub occupancy: f64,
+    pub lung_voxels: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LungValidation {
+    Passed(LungStats),
+    /// No lung voxel, or `occupancy < 0.35`.
+    NotFound(LungStats),
+    /// `lung_length_mm < 145`.
+    TooShort(LungStats),
+}
+
+impl LungValidation {
+    pub fn stats(&self) -> &LungStats {
+        match self {
+            LungValidation::Passed(s) | LungValidation::NotFound(s) | LungValidation::TooShort(s) => s,
+        }
+    }
+}
+
+/// The reference's `LungValidator` (chest check first, then length), on a `[nk, nj, ni]` mask.
+pub fn validate_lungs(mask: &Array3<u8>, slice_spacing_mm: f64) -> LungValidation {
+    let per_slice: Vec<usize> = mask.axis_iter(Axis(0)).into_par_iter().map(|s| s.iter().filter(|&&v| v != 0).count()).collect();
+    let lung_voxels = per_slice.iter().map(|&c| c as u64).sum();
+    let flags: Vec<bool> = per_slice.iter().map(|&c| c > MIN_LUNG_PIXELS_ON_SLICE).collect();
+    let l = longest_segment(&flags);
+    let stats = LungStats {
+        lung_slices: l,
+        lung_length_mm: l as f64 * slice_spacing_mm,
+        occupancy: if flags.is_empty() { 0.0 } else { l as f64 / flags.len() as f64 },
+        lung_voxels,
+    };
+    if lung_voxels == 0 || stats.occupancy < OCCUPANCY_THRESHOLD {
+        LungValidation::NotFound(stats)
+    } else if stats.lung_length_mm < LUNG_LENGTH_THRESHOLD_MM {
+        LungValidation::TooShort(stats)
+    } else {
+        LungValidation::Passed(stats)
+    }
+}
+
+/// The reference's `longest_segment` (diff based): runs are measured from the index *before*
+/// their first element to their last element, so an interior run counts its true length, a run
+/// starting at index 0 counts one short, a run ending at the last index one long, and a run
+/// covering everything counts exactly.
+pub fn longest_segment(flags: &[bool]) -> usize {
+    if !flags.iter().any(|&f| f) {
+        return 0;
+    }
+    let mut starts = Vec::new();
+    let mut ends = Vec::new();
+    if flags[0] {
+        starts.push(0usize);
+    }
+    for (p, w) in flags.windows(2).enumerate() {
+        match (w[0], w[1]) {
+            (false, true) => starts.push(p),
+            (true, false) => ends.push(p),
+            _ => {}
+        }
+    }
+    if flags[flags.len() - 1] {
+        ends.push(flags.len());
+    }
+    starts.iter().zip(&ends).map(|(s, e)| e - s).max().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Geometry, Voxels};
+
+    #[test]
+    fn longest_segment_reproduces_reference_quirks() {
+        let f = |s: &str| s.chars().map(|c| c == '1').collect::<Vec<_>>();
+        assert_eq!(longest_segment(&f("0000")), 0);
+        assert_eq!(longest_segment(&f("0110")), 2); // interior: exact
+        assert_eq!(longest_segment(&f("1100")), 1); // touches index 0: one short
+        assert_eq!(longest_segment(&f("0011")), 3); // touches the end: one long
+        assert_eq!(longest_segment(&f("1111")), 4); // everything: exact
+        assert_eq!(longest_segment(&f("0111011110")), 4);
+    }
+
+    /// A phantom: body disc of soft tissue, two lung ellipses, a trachea, outside air.
+    fn phantom(nk: usize, lung_slices: std::ops::Range<usize>) -> Volume {
+        let (n, c) = (128usize, 64.0f64);
+        let data = Array3::from_shape_fn((nk, n, n), |(k, j, i)| {
+            let (x, y) = (i as f64 - c, j as f64 - c);
+            let body = (x / 60.0).powi(2) + (y / 50.0).powi(2) <= 1.0;
+            let lung = lung_slices.contains(&k)
+                && (((x - 25.0) / 18.0).powi(2) + (y / 30.0).powi(2) <= 1.0 || ((x + 25.0) / 18.0).powi(2) + (y / 30.0).powi(2) <= 1.0);
+            let trachea = (x * x + (y + 30.0).powi(2)) <= 9.0;
+            if !body {
+                -1000
+            } else if lung {
+                -850
+            } else if trachea {
+                -990
+            } else {
+                40
+            }
+        });
+        let g = Geometry {
+            spacing_mm: [1.0, 1.0, 2.0],
+            orientation: [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+            origin_mm: [0.0; 3],
+            slice_positions_mm: (0..nk).map(|k| [0.0, 0.0, 2.0 * k as f64]).collect(),
+        };
+        Volume::new(Voxels::I16(data), g).unwrap()
+    }
+
+    #[test]
+    fn segments_lungs_not_outside_air_nor_trachea() {
+        let vol = phantom(4, 0..4);
+        let m = lung_mask(&vol);
+        // outside air corner and trachea centre are not lung; lung centres are
+        assert_eq!(m[[0, 0, 0]], 0);
+        assert_eq!(m[[1, 34, 64]], 0);
+        assert_eq!(m[[2, 64, 89]], 1);
+        assert_eq!(m[[2, 64, 39]], 1);
+    }
+
+    #[test]
+    fn validation_passes_and_fails_like_the_reference() {
+        // 100 slices at 2 mm, lungs on slices 10..90: L = 80, 160 mm, occupancy 0.8
+        let vol = phantom(100, 10..90);
+        let v = validate_lungs(&lung_mask(&vol), 2.0);
+        assert!(matches!(v, LungValidation::Passed(s) if s.lung_slices == 80 && s.lung_length_mm == 160.0), "{v:?}");
+        // lungs on 10 slices of 100: occupancy 0.1
+        let vol = phantom(100, 40..50);
+        assert!(matches!(validate_lungs(&lung_mask(&vol), 2.0), LungValidation::NotFound(_)));
+        // full coverage but only 40 slices * 2 mm = 80 mm
+        let vol = phantom(40, 0..40);
+        assert!(matches!(validate_lungs(&lung_mask(&vol), 2.0), LungValidation::TooShort(s) if s.lung_slices == 40));
+        // no lungs at all
+        let vol = phantom(30, 0..0);
+        assert!(matches!(validate_lungs(&lung_mask(&vol), 2.0), LungValidation::NotFound(s) if s.lung_voxels == 0));
+    }
+}

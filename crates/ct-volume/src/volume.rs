@@ -1,0 +1,131 @@
+use ndarray::Array3;
+
+/// Voxel values in Hounsfield units.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Voxels {
+    /// Lossless when the rescale slope/intercept are integers (the usual CT case).
+    I16(Array3<i16>),
+    /// Non-integer rescale, or float NIfTI input.
+    F32(Array3<f32>),
+}
+
+impl Voxels {
+    /// `[nk, nj, ni]`.
+    pub fn shape(&self) -> [usize; 3] {
+        let s = match self {
+            Voxels::I16(a) => a.shape(),
+            Voxels::F32(a) => a.shape(),
+        };
+        [s[0], s[1], s[2]]
+    }
+
+    pub fn bytes_per_voxel(&self) -> usize {
+        match self {
+            Voxels::I16(_) => 2,
+            Voxels::F32(_) => 4,
+        }
+    }
+
+    /// Value of slice `k`, row `j`, column `i` as f32.
+    pub fn get(&self, k: usize, j: usize, i: usize) -> f32 {
+        match self {
+            Voxels::I16(a) => f32::from(a[[k, j, i]]),
+            Voxels::F32(a) => a[[k, j, i]],
+        }
+    }
+
+    /// Little-endian bytes of the whole payload, in storage order.
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        match self {
+            Voxels::I16(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            Voxels::F32(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+}
+
+/// Where the volume sits in the patient (DICOM LPS, millimetres).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Geometry {
+    /// Spacing `[column (along i), row (along j), slice (along k)]` in mm, as the reference's
+    /// NIfTI header zooms (dicom2nifti + nibabel: the norms of the affine's columns).
+    pub spacing_mm: [f64; 3],
+    /// Row direction (along i) then column direction (along j), LPS.
+    pub orientation: [f64; 6],
+    /// Position of voxel (0, 0, 0), LPS.
+    pub origin_mm: [f64; 3],
+    /// LPS position of each slice, `nk` entries.
+    pub slice_positions_mm: Vec<[f64; 3]>,
+}
+
+impl Geometry {
+    /// Spacing rounded to f32, exactly as the reference reads it back from the NIfTI header.
+    pub fn zooms_f32(&self) -> [f32; 3] {
+        self.spacing_mm.map(|v| v as f32)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum VolumeError {
+    #[error("volume has an empty axis: shape [nk, nj, ni] = {shape:?}")]
+    Empty { shape: [usize; 3] },
+    #[error("spacing must be finite and positive, got {spacing:?}")]
+    BadSpacing { spacing: [f64; 3] },
+    #[error("{found} slice positions for {nk} slices")]
+    SlicePositions { found: usize, nk: usize },
+}
+
+/// A canonical CT volume: HU voxels plus geometry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Volume {
+    voxels: Voxels,
+    geometry: Geometry,
+}
+
+impl Volume {
+    pub fn new(voxels: Voxels, geometry: Geometry) -> Result<Self, VolumeError> {
+        let shape = voxels.shape();
+        if shape.contains(&0) {
+            return Err(VolumeError::Empty { shape });
+        }
+        let s = geometry.spacing_mm;
+        if s.iter().any(|v| !v.is_finite() || *v <= 0.0) {
+            return Err(VolumeError::BadSpacing { spacing: s });
+        }
+        if geometry.slice_positions_mm.len() != shape[0] {
+            return Err(VolumeError::SlicePositions { found: geometry.slice_positions_mm.len(), nk: shape[0] });
+        }
+        Ok(Self { voxels, geometry })
+    }
+
+    pub fn voxels(&self) -> &Voxels {
+        &self.voxels
+    }
+
+    pub fn geometry(&self) -> &Geometry {
+        &self.geometry
+    }
+
+    /// `[ni, nj, nk]`: columns, rows, slices (the reference's NIfTI shape).
+    pub fn dims(&self) -> [usize; 3] {
+        let [nk, nj, ni] = self.voxels.shape();
+        [ni, nj, nk]
+    }
+
+    /// Slice `k` as f32 HU, row-major `[j][i]`, written into `out` (length `nj * ni`).
+    pub fn slice_f32(&self, k: usize, out: &mut [f32]) {
+        match &self.voxels {
+            Voxels::I16(a) => {
+                let s = a.index_axis(ndarray::Axis(0), k);
+                for (o, v) in out.iter_mut().zip(s.iter()) {
+                    *o = f32::from(*v);
+                }
+            }
+            Voxels::F32(a) => {
+                let s = a.index_axis(ndarray::Axis(0), k);
+                for (o, v) in out.iter_mut().zip(s.iter()) {
+                    *o = *v;
+                }
+            }
+        }
+    }
+}
