@@ -1,1 +1,151 @@
-fn main(){}
+//! `preprocess-svc`: the gRPC service (`serve`) and a CLI for people and tests (`inspect`, `tensor`).
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use preprocess_svc::service::Preprocessor;
+use preprocess_svc::{PrepError, PrepareConfig, Prepared, prepare_path};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(version, about = "Chest-CT study (ZIP/folder of DICOM, .nii, .nii.gz) -> canonical HU volume + lung mask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gRPC PreprocessService (with grpc.health.v1 and reflection).
+    Serve(ServeArgs),
+    /// Print what the study contains and which series would be used, as one JSON object.
+    Inspect {
+        input: PathBuf,
+        #[command(flatten)]
+        cfg: PrepareConfig,
+    },
+    /// Write a model input tensor as .npy.
+    Tensor {
+        #[arg(long, value_enum)]
+        recipe: Recipe,
+        input: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        cfg: PrepareConfig,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Recipe {
+    /// CT-CLIP / supervised / diffusion input: float32 [1, 240, 480, 480].
+    Ctclip,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address of the gRPC server.
+    #[arg(long, env = "CT_PREPROCESS_ADDR", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Studies prepared at the same time (each holds its archive and volume in memory).
+    #[arg(long, env = "CT_PREPROCESS_CONCURRENCY", default_value_t = 2)]
+    max_concurrent: usize,
+    #[command(flatten)]
+    cfg: PrepareConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            init_tracing();
+            match serve(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Inspect { input, cfg } => report(prepare_path(&input, &cfg).map(|p| inspect_json(&p))),
+        Command::Tensor { recipe: Recipe::Ctclip, input, out, cfg } => report(prepare_path(&input, &cfg).and_then(|p| {
+            let t = ct_volume::ctclip_tensor(&p.volume)?;
+            let f = std::fs::File::create(&out).map_err(|e| PrepError::Internal(format!("create {}: {e}", out.display())))?;
+            ct_volume::npy::write_f32(std::io::BufWriter::with_capacity(1 << 20, f), &ct_volume::CTCLIP_SHAPE, &t)
+                .map_err(|e| PrepError::Internal(format!("write {}: {e}", out.display())))?;
+            let mut j = inspect_json(&p);
+            j["tensor"] = json!({"recipe": "ctclip", "shape": ct_volume::CTCLIP_SHAPE, "out": out});
+            Ok(j)
+        })),
+    }
+}
+
+/// Prints one JSON object; failures exit with code 2 and `{"error_type", "error"}`.
+fn report(r: Result<serde_json::Value, PrepError>) -> ExitCode {
+    match r {
+        Ok(v) => {
+            println!("{v}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("{}", json!({"error_type": e.error_type(), "error": e.to_string()}));
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn inspect_json(p: &Prepared) -> serde_json::Value {
+    let m = &p.meta;
+    let dims = p.volume.dims();
+    json!({
+        "study_uid": m.study_uid,
+        "series_uid": m.series_uid,
+        "shape": dims,
+        "spacing_mm": p.volume.geometry().spacing_mm,
+        "n_slices": dims[2],
+        "kernel": m.kernel,
+        "modality": m.modality,
+        "selection": m.selection.map_or("nifti".to_string(), |s| serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()),
+        "selection_reason": m.selection_reason,
+        "voxel_type": match p.volume.voxels() { ct_volume::Voxels::I16(_) => "int16", ct_volume::Voxels::F32(_) => "float32" },
+        "lung_validation": m.lung,
+        "n_source_files": m.n_source_files,
+        "warnings": m.warnings,
+        "timings_ms": m.timings_ms.iter().map(|(k, v)| (k.clone(), json!((v * 10.0).round() / 10.0))).collect::<serde_json::Map<_, _>>(),
+    })
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CT_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the tokio runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), "preprocess-svc starting");
+        preprocess_svc::service::run(listener, Preprocessor::new(args.cfg, args.max_concurrent), shutdown_signal()).await
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received, draining");
+}

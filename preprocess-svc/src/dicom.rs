@@ -1,0 +1,264 @@
+//! DICOM reading: one header pass (stops before Pixel Data) and one decode pass.
+//!
+//! Accepted framings: the standard 128-byte preamble + `DICM`, `DICM` at offset 0 (no
+//! preamble), and data sets without file meta (implicit or explicit VR, little or big endian,
+//! guessed from the first element). Optional tags that are malformed are treated as absent.
+
+use crate::PrepError;
+use dicom_core::Tag;
+use dicom_dictionary_std::{tags, uids};
+use dicom_object::{DefaultDicomObject, FileMetaTableBuilder, InMemDicomObject, OpenFileOptions, file::ReadPreamble};
+use dicom_pixeldata::PixelDecoder;
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+use std::io::{Cursor, Read};
+
+/// Geometry and value transform of one frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameInfo {
+    pub ipp: Option<[f64; 3]>,
+    pub iop: Option<[f64; 6]>,
+    /// (row spacing, column spacing) as in PixelSpacing.
+    pub pixel_spacing: Option<[f64; 2]>,
+    pub slope: f64,
+    pub intercept: f64,
+}
+
+/// What the header pass learns about one file.
+#[derive(Debug, Clone)]
+pub struct FileHeader {
+    pub study_uid: String,
+    pub series_uid: String,
+    pub modality: String,
+    pub sop_class_uid: String,
+    pub image_type: Vec<String>,
+    /// ConvolutionKernel, else FilterType, upper-cased, values joined with `\`.
+    pub kernel: String,
+    pub rows: u32,
+    pub cols: u32,
+    pub frames: u32,
+    pub instance_number: Option<i64>,
+    pub slice_thickness: Option<f64>,
+    pub transfer_syntax: String,
+    /// One entry per frame (functional groups for enhanced objects, else the top level).
+    pub frame_info: Vec<FrameInfo>,
+}
+
+impl FileHeader {
+    pub fn is_localizer(&self) -> bool {
+        self.image_type.iter().any(|t| t == "LOCALIZER") || (self.modality == "CT" && self.image_type.iter().any(|t| t == "PROJECTION IMAGE"))
+    }
+
+    pub fn is_secondary_capture(&self) -> bool {
+        self.sop_class_uid.starts_with("1.2.840.10008.5.1.4.1.1.7")
+    }
+
+    pub fn is_image(&self) -> bool {
+        self.rows > 0 && self.cols > 0
+    }
+}
+
+/// Why a file is not a DICOM instance we can use.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadFailure {
+    #[error("not DICOM: {0}")]
+    NotDicom(String),
+    #[error("missing required tag {0}")]
+    MissingTag(&'static str),
+}
+
+const PREFIX: usize = 132;
+
+fn framing(prefix: &[u8]) -> (usize, bool) {
+    if prefix.len() >= PREFIX && &prefix[128..132] == b"DICM" {
+        (128, true)
+    } else if prefix.starts_with(b"DICM") {
+        (0, true)
+    } else {
+        (0, false)
+    }
+}
+
+/// Guesses the transfer syntax of a data set without file meta from its first element.
+fn guess_ts(b: &[u8]) -> Option<&'static str> {
+    if b.len() < 8 {
+        return None;
+    }
+    let big = b[0] == 0 && b[1] != 0;
+    let explicit = b[4].is_ascii_uppercase() && b[5].is_ascii_uppercase();
+    Some(match (big, explicit) {
+        (false, false) => uids::IMPLICIT_VR_LITTLE_ENDIAN,
+        (false, true) => uids::EXPLICIT_VR_LITTLE_ENDIAN,
+        (true, _) => "1.2.840.10008.1.2.2", // explicit VR big endian (retired, still readable)
+    })
+}
+
+/// Reads a DICOM object from a stream, stopping before Pixel Data when `header_only`.
+pub fn read_object(r: &mut dyn Read, header_only: bool) -> Result<DefaultDicomObject, ReadFailure> {
+    let mut prefix = Vec::with_capacity(PREFIX);
+    r.take(PREFIX as u64).read_to_end(&mut prefix).map_err(|e| ReadFailure::NotDicom(e.to_string()))?;
+    let (skip, has_meta) = framing(&prefix);
+    let rest = Cursor::new(prefix[skip..].to_vec()).chain(r);
+    if has_meta {
+        let mut opts = OpenFileOptions::new().read_preamble(ReadPreamble::Never);
+        if header_only {
+            opts = opts.read_until(tags::PIXEL_DATA);
+        }
+        return opts.from_reader(rest).map_err(|e| ReadFailure::NotDicom(e.to_string()));
+    }
+    let ts_uid = guess_ts(&prefix).ok_or_else(|| ReadFailure::NotDicom("too short".into()))?;
+    let ts = TransferSyntaxRegistry.get(ts_uid).ok_or_else(|| ReadFailure::NotDicom("transfer syntax".into()))?;
+    let obj = InMemDicomObject::read_dataset_with_ts(rest, ts).map_err(|e| ReadFailure::NotDicom(e.to_string()))?;
+    // A guessed encoding only counts when it yields the identifying tags.
+    if obj.get(tags::SOP_INSTANCE_UID).is_none() {
+        return Err(ReadFailure::NotDicom("no file meta and no recognisable data set".into()));
+    }
+    let meta = FileMetaTableBuilder::new()
+        .transfer_syntax(ts_uid)
+        .media_storage_sop_class_uid(text(&obj, tags::SOP_CLASS_UID).unwrap_or_else(|| "1.2.840.10008.5.1.4.1.1.2".into()))
+        .media_storage_sop_instance_uid(text(&obj, tags::SOP_INSTANCE_UID).unwrap_or_default())
+        .build()
+        .map_err(|e| ReadFailure::NotDicom(e.to_string()))?;
+    Ok(obj.with_exact_meta(meta))
+}
+
+fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
+    let s = obj.get(tag)?.to_str().ok()?;
+    let s = s.trim_matches(|c: char| c.is_whitespace() || c == '\0').to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+fn floats(obj: &InMemDicomObject, tag: Tag) -> Option<Vec<f64>> {
+    let v = obj.get(tag)?.to_multi_float64().ok()?;
+    (!v.is_empty() && v.iter().all(|x| x.is_finite())).then_some(v)
+}
+
+fn float(obj: &InMemDicomObject, tag: Tag) -> Option<f64> {
+    floats(obj, tag).map(|v| v[0])
+}
+
+fn int(obj: &InMemDicomObject, tag: Tag) -> Option<i64> {
+    obj.get(tag)?.to_int::<i64>().ok()
+}
+
+fn first_item(obj: &InMemDicomObject, seq: Tag) -> Option<&InMemDicomObject> {
+    obj.get(seq)?.items()?.first()
+}
+
+/// Looks `attr` up in functional group `group` of frame `f` (per-frame, then shared), then at the top level.
+fn fg<'a>(obj: &'a InMemDicomObject, f: usize, group: Tag, attr: Tag) -> Option<&'a InMemDicomObject> {
+    let per_frame = obj.get(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE).and_then(|e| e.items()).and_then(|items| items.get(f));
+    let shared = first_item(obj, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE);
+    for holder in [per_frame, shared].into_iter().flatten() {
+        if let Some(item) = first_item(holder, group)
+            && item.get(attr).is_some()
+        {
+            return Some(item);
+        }
+    }
+    obj.get(attr).is_some().then_some(obj)
+}
+
+fn frame_info(obj: &InMemDicomObject, f: usize) -> FrameInfo {
+    let arr = |v: Vec<f64>, n: usize| (v.len() >= n).then_some(v);
+    let ipp = fg(obj, f, tags::PLANE_POSITION_SEQUENCE, tags::IMAGE_POSITION_PATIENT)
+        .and_then(|o| arr(floats(o, tags::IMAGE_POSITION_PATIENT)?, 3))
+        .map(|v| [v[0], v[1], v[2]]);
+    let iop = fg(obj, f, tags::PLANE_ORIENTATION_SEQUENCE, tags::IMAGE_ORIENTATION_PATIENT)
+        .and_then(|o| arr(floats(o, tags::IMAGE_ORIENTATION_PATIENT)?, 6))
+        .map(|v| [v[0], v[1], v[2], v[3], v[4], v[5]]);
+    let pixel_spacing = fg(obj, f, tags::PIXEL_MEASURES_SEQUENCE, tags::PIXEL_SPACING)
+        .and_then(|o| arr(floats(o, tags::PIXEL_SPACING)?, 2))
+        .filter(|v| v[0] > 0.0 && v[1] > 0.0)
+        .map(|v| [v[0], v[1]]);
+    let rescale = fg(obj, f, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, tags::RESCALE_SLOPE);
+    let slope = rescale.and_then(|o| float(o, tags::RESCALE_SLOPE)).filter(|s| *s != 0.0).unwrap_or(1.0);
+    let intercept = fg(obj, f, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, tags::RESCALE_INTERCEPT).and_then(|o| float(o, tags::RESCALE_INTERCEPT)).unwrap_or(0.0);
+    FrameInfo { ipp, iop, pixel_spacing, slope, intercept }
+}
+
+/// Extracts what series selection and assembly need; the four identifying tags are required
+/// (reference validation), every other tag is optional and ignored when malformed.
+pub fn header(obj: &DefaultDicomObject) -> Result<FileHeader, ReadFailure> {
+    let req = |tag, name| text(obj, tag).ok_or(ReadFailure::MissingTag(name));
+    let study_uid = req(tags::STUDY_INSTANCE_UID, "StudyInstanceUID")?;
+    let series_uid = req(tags::SERIES_INSTANCE_UID, "SeriesInstanceUID")?;
+    req(tags::SOP_INSTANCE_UID, "SOPInstanceUID")?;
+    let modality = req(tags::MODALITY, "Modality")?.to_ascii_uppercase();
+    let kernel = obj
+        .get(tags::CONVOLUTION_KERNEL)
+        .or_else(|| obj.get(tags::FILTER_TYPE))
+        .and_then(|e| e.to_multi_str().ok())
+        .map(|v| v.iter().map(|s| s.trim().to_ascii_uppercase()).collect::<Vec<_>>().join("\\"))
+        .unwrap_or_default();
+    let image_type = obj
+        .get(tags::IMAGE_TYPE)
+        .and_then(|e| e.to_multi_str().ok())
+        .map(|v| v.iter().map(|s| s.trim().to_ascii_uppercase()).collect())
+        .unwrap_or_default();
+    let frames = int(obj, tags::NUMBER_OF_FRAMES).filter(|n| *n > 1).map_or(1, |n| n.min(u32::MAX as i64) as u32);
+    let frame_info = (0..frames as usize).map(|f| frame_info(obj, f)).collect();
+    Ok(FileHeader {
+        study_uid,
+        series_uid,
+        modality,
+        sop_class_uid: text(obj, tags::SOP_CLASS_UID).unwrap_or_else(|| obj.meta().media_storage_sop_class_uid().trim_end_matches('\0').to_string()),
+        image_type,
+        kernel,
+        rows: int(obj, tags::ROWS).filter(|v| *v > 0).unwrap_or(0) as u32,
+        cols: int(obj, tags::COLUMNS).filter(|v| *v > 0).unwrap_or(0) as u32,
+        frames,
+        instance_number: int(obj, tags::INSTANCE_NUMBER),
+        slice_thickness: float(obj, tags::SLICE_THICKNESS).filter(|t| *t > 0.0),
+        transfer_syntax: obj.meta().transfer_syntax().trim_end_matches('\0').to_string(),
+        frame_info,
+    })
+}
+
+/// Decodes every frame of `obj` to stored values as i32 (sign handled per PixelRepresentation
+/// and BitsStored, as pydicom does), calling `sink(frame, values)` per frame.
+pub fn decode_frames(obj: &DefaultDicomObject, mut sink: impl FnMut(usize, &[i32])) -> Result<(), PrepError> {
+    let ts = obj.meta().transfer_syntax().trim_end_matches('\0').to_string();
+    let unsupported = |reason: String| PrepError::UnsupportedTransferSyntax { reason };
+    if TransferSyntaxRegistry.get(&ts).is_none() {
+        return Err(unsupported(format!("unknown transfer syntax {ts}")));
+    }
+    let decoded = obj.decode_pixel_data().map_err(|e| decode_error(&ts, e.to_string()))?;
+    if decoded.samples_per_pixel() != 1 {
+        return Err(unsupported(format!("{} samples per pixel (CT is monochrome)", decoded.samples_per_pixel())));
+    }
+    let bits_allocated = decoded.bits_allocated();
+    let bits_stored = decoded.bits_stored().clamp(1, bits_allocated.max(1));
+    let signed = matches!(decoded.pixel_representation(), dicom_pixeldata::PixelRepresentation::Signed);
+    let (rows, cols) = (decoded.rows() as usize, decoded.columns() as usize);
+    let n = rows * cols;
+    let mut values = vec![0i32; n];
+    for f in 0..decoded.number_of_frames() {
+        let data = decoded.frame_data(f).map_err(|e| decode_error(&ts, e.to_string()))?;
+        match bits_allocated {
+            16 => {
+                let shift = 16 - bits_stored.min(16);
+                for (v, c) in values.iter_mut().zip(data.chunks_exact(2)) {
+                    let raw = u16::from_le_bytes([c[0], c[1]]);
+                    *v = if signed { i32::from(((raw << shift) as i16) >> shift) } else { i32::from(raw) };
+                }
+            }
+            8 => {
+                for (v, &b) in values.iter_mut().zip(data) {
+                    *v = if signed { i32::from(b as i8) } else { i32::from(b) };
+                }
+            }
+            other => return Err(unsupported(format!("BitsAllocated {other} (CT uses 8 or 16)"))),
+        }
+        sink(f as usize, &values);
+    }
+    Ok(())
+}
+
+fn decode_error(ts: &str, msg: String) -> PrepError {
+    if msg.contains("nsupported") {
+        PrepError::UnsupportedTransferSyntax { reason: format!("{ts}: {msg}") }
+    } else {
+        PrepError::geometry(format!("pixel data could not be decoded ({ts}): {msg}"))
+    }
+}
