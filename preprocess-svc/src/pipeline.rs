@@ -126,7 +126,7 @@ pub fn prepare_bytes(bytes: &[u8], filename: Option<&str>, cfg: &PrepareConfig) 
     }
 }
 
-/// Prepares a `.zip`, `.nii`, `.nii.gz` file or a folder of DICOM files.
+/// Prepares a `.zip`, `.nii`, `.nii.gz` file, a folder of DICOM files or a single DICOM file.
 pub fn prepare_path(path: &Path, cfg: &PrepareConfig) -> Result<Prepared, PrepError> {
     if path.is_dir() {
         let mut files = Vec::new();
@@ -141,7 +141,14 @@ pub fn prepare_path(path: &Path, cfg: &PrepareConfig) -> Result<Prepared, PrepEr
         p.meta.timings_ms = timings;
         return Ok(p);
     }
-    let bytes = std::fs::read(path).map_err(|e| PrepError::Internal(format!("reading {}: {e}", path.display())))?;
+    let bytes = std::fs::read(path).map_err(|e| PrepError::not_archive(format!("cannot read {}: {e}", path.display())))?;
+    if intake::sniff(&bytes).is_none() && !bytes.is_empty() {
+        // a single DICOM file: a one-file folder
+        let mut timings = Vec::new();
+        let mut p = prepare_dicom(&DirSource(vec![path.to_path_buf()]), cfg, &mut timings)?;
+        p.meta.timings_ms = timings;
+        return Ok(p);
+    }
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
     prepare_bytes(&bytes, name.as_deref(), cfg)
 }
