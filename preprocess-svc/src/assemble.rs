@@ -111,11 +111,18 @@ where
     }
     let slices = &plan.slices;
     match &mut voxels {
-        Voxels::I16(a) => fill(a, &jobs, &decode, |raw, k| {
+        Voxels::I16(a) => fill(a, &jobs, &decode, |raw, k, out| {
             let (m, b) = (slices[k].slope as i64, slices[k].intercept as i64);
-            (i64::from(raw) * m + b).clamp(i64::from(i16::MIN), i64::from(i16::MAX)) as i16
+            for (o, &v) in out.iter_mut().zip(raw) {
+                *o = (i64::from(v) * m + b).clamp(i64::from(i16::MIN), i64::from(i16::MAX)) as i16;
+            }
         })?,
-        Voxels::F32(a) => fill(a, &jobs, &decode, |raw, k| (f64::from(raw) * slices[k].slope + slices[k].intercept) as f32)?,
+        Voxels::F32(a) => fill(a, &jobs, &decode, |raw, k, out| {
+            let (m, b) = (slices[k].slope, slices[k].intercept);
+            for (o, &v) in out.iter_mut().zip(raw) {
+                *o = (f64::from(v) * m + b) as f32;
+            }
+        })?,
     }
     dedupe(&mut plan, &mut voxels)?;
     let geometry = stack_geometry(&plan)?;
@@ -123,7 +130,7 @@ where
     Ok((volume, plan.warnings))
 }
 
-fn fill<T: Send + Copy, D>(a: &mut Array3<T>, jobs: &[(usize, Vec<(usize, usize)>)], decode: &D, convert: impl Fn(i32, usize) -> T + Sync) -> Result<(), PrepError>
+fn fill<T: Send + Copy, D>(a: &mut Array3<T>, jobs: &[(usize, Vec<(usize, usize)>)], decode: &D, convert: impl Fn(&[i32], usize, &mut [T]) + Sync) -> Result<(), PrepError>
 where
     D: Fn(usize, &mut dyn FnMut(usize, &[i32])) -> Result<(), PrepError> + Sync,
 {
@@ -140,9 +147,7 @@ where
                         bad_size = Some(values.len());
                         return;
                     }
-                    for (o, &v) in view.iter_mut().zip(values) {
-                        *o = convert(v, *k);
-                    }
+                    convert(values, *k, view.as_slice_mut().expect("slabs of a standard-layout array are contiguous"));
                     seen += 1;
                 }
             }

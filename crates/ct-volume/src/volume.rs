@@ -83,6 +83,12 @@ pub struct Volume {
 
 impl Volume {
     pub fn new(voxels: Voxels, geometry: Geometry) -> Result<Self, VolumeError> {
+        // slices are handed out as contiguous slices: keep C order
+        let voxels = match voxels {
+            Voxels::I16(a) if !a.is_standard_layout() => Voxels::I16(a.as_standard_layout().into_owned()),
+            Voxels::F32(a) if !a.is_standard_layout() => Voxels::F32(a.as_standard_layout().into_owned()),
+            v => v,
+        };
         let shape = voxels.shape();
         if shape.contains(&0) {
             return Err(VolumeError::Empty { shape });
@@ -116,15 +122,14 @@ impl Volume {
         match &self.voxels {
             Voxels::I16(a) => {
                 let s = a.index_axis(ndarray::Axis(0), k);
-                for (o, v) in out.iter_mut().zip(s.iter()) {
+                let s = s.as_slice().expect("standard layout");
+                for (o, v) in out.iter_mut().zip(s) {
                     *o = f32::from(*v);
                 }
             }
             Voxels::F32(a) => {
                 let s = a.index_axis(ndarray::Axis(0), k);
-                for (o, v) in out.iter_mut().zip(s.iter()) {
-                    *o = *v;
-                }
+                out.copy_from_slice(s.as_slice().expect("standard layout"));
             }
         }
     }
