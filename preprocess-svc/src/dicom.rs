@@ -220,8 +220,10 @@ pub fn header(obj: &DefaultDicomObject) -> Result<FileHeader, ReadFailure> {
 pub fn decode_frames(obj: &DefaultDicomObject, mut sink: impl FnMut(usize, &[i32])) -> Result<(), PrepError> {
     let ts = obj.meta().transfer_syntax().trim_end_matches('\0').to_string();
     let unsupported = |reason: String| PrepError::UnsupportedTransferSyntax { reason };
-    if TransferSyntaxRegistry.get(&ts).is_none() {
-        return Err(unsupported(format!("unknown transfer syntax {ts}")));
+    match TransferSyntaxRegistry.get(&ts) {
+        None => return Err(unsupported(format!("unknown transfer syntax {ts}"))),
+        Some(t) if !t.can_decode_all() => return Err(unsupported(format!("no decoder for transfer syntax {ts} ({})", t.name()))),
+        Some(_) => {}
     }
     let decoded = obj.decode_pixel_data().map_err(|e| decode_error(&ts, e.to_string()))?;
     if decoded.samples_per_pixel() != 1 {
@@ -255,10 +257,8 @@ pub fn decode_frames(obj: &DefaultDicomObject, mut sink: impl FnMut(usize, &[i32
     Ok(())
 }
 
+/// The codec exists but could not decode this pixel data (a codec feature we lack, such as
+/// 12-bit lossy JPEG, or corrupt/truncated data).
 fn decode_error(ts: &str, msg: String) -> PrepError {
-    if msg.contains("nsupported") {
-        PrepError::UnsupportedTransferSyntax { reason: format!("{ts}: {msg}") }
-    } else {
-        PrepError::geometry(format!("pixel data could not be decoded ({ts}): {msg}"))
-    }
+    PrepError::UnsupportedTransferSyntax { reason: format!("pixel data could not be decoded ({ts}): {msg}") }
 }
