@@ -33,14 +33,6 @@ impl Voxels {
             Voxels::F32(a) => a[[k, j, i]],
         }
     }
-
-    /// Little-endian bytes of the whole payload, in storage order.
-    pub fn to_le_bytes(&self) -> Vec<u8> {
-        match self {
-            Voxels::I16(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            Voxels::F32(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        }
-    }
 }
 
 /// Where the volume sits in the patient (DICOM LPS, millimetres).
