@@ -1,16 +1,7 @@
-//! preprocess-svc: a chest-CT study (ZIP of DICOM, folder of DICOM, `.nii`, `.nii.gz`) in, a
-//! trustworthy canonical volume (int16/float32 HU, `[i, j, k]`, spacing in mm) plus a lung
-//! mask out. See the crate README for the rules and the documented deviations from the
-//! reference.
+//! preprocess-svc: the gRPC face of the [`ct_prep`] preprocessing library. A chest-CT study
+//! (ZIP of DICOM, folder of DICOM, `.nii`, `.nii.gz`) streamed in, the canonical volume and
+//! lung mask streamed out. See the README for the rules and the deviations from the reference.
 
-pub mod assemble;
-pub mod dicom;
-mod error;
-pub mod intake;
-pub mod nifti_input;
-pub mod pipeline;
-pub mod series;
+pub use ct_prep::{Metadata, PrepError, PrepareConfig, Prepared, assemble, dicom, intake, nifti_input, pipeline, prepare_bytes, prepare_path, series};
+
 pub mod service;
-
-pub use error::PrepError;
-pub use pipeline::{Metadata, PrepareConfig, Prepared, prepare_bytes, prepare_path};

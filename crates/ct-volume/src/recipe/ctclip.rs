@@ -16,6 +16,8 @@ use rayon::prelude::*;
 
 /// `[1, D, H, W]`.
 pub const CTCLIP_SHAPE: [usize; 4] = [1, 240, 480, 480];
+/// The model input shape with the batch axis: `[1, 1, 240, 480, 480]` (CT-CLIP, supervised).
+pub const CTCLIP_INPUT_SHAPE: [i64; 5] = [1, 1, 240, 480, 480];
 const TARGET_SPACING_DHW: [f32; 3] = [1.5, 0.75, 0.75];
 const HU_MIN: f32 = -1000.0;
 const HU_MAX: f32 = 1000.0;

@@ -4,6 +4,9 @@
 //! each recipe has its own module.
 
 pub mod ctclip;
+pub mod diffusion;
+pub mod fvlm;
+pub mod mednext;
 
 /// One output sample of a linear (1-D) interpolation: `v = w0 * x[i0] + w1 * x[i1]`.
 #[derive(Debug, Clone, Copy, PartialEq)]

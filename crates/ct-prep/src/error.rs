@@ -67,11 +67,11 @@ impl PrepError {
         ct_proto::errors::status(self.grpc_code(), self.error_type(), message)
     }
 
-    pub(crate) fn not_archive(reason: impl Into<String>) -> Self {
+    pub fn not_archive(reason: impl Into<String>) -> Self {
         PrepError::NotAnArchive { reason: reason.into() }
     }
 
-    pub(crate) fn geometry(reason: impl Into<String>) -> Self {
+    pub fn geometry(reason: impl Into<String>) -> Self {
         PrepError::InconsistentGeometry { reason: reason.into() }
     }
 }

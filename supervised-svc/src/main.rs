@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    model_server::cli::main::<supervised_svc::Supervised>()
+}
