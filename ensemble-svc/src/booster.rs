@@ -96,7 +96,7 @@ impl Booster for LgbmBooster {
 
     fn predict_proba_rows(&self, rows: &[f64]) -> Result<Vec<f64>, EnsembleError> {
         let n = self.names.len();
-        if n == 0 || rows.len() % n != 0 {
+        if n == 0 || !rows.len().is_multiple_of(n) {
             return Err(EnsembleError::Internal(format!("{} values are not rows of {n} features", rows.len())));
         }
         self.inner.predict(rows, n as i32, true).map_err(|e| EnsembleError::lgbm("predict", e))

@@ -9,7 +9,7 @@
 //! - [`booster`]: the [`booster::Booster`] trait and its LightGBM (`lightgbm3`) implementation.
 //! - [`bundle`]: the ensemble bundle (`manifest.toml`, `main.txt`, `thoracic.txt`, `features.toml`).
 //! - [`ensemble`]: the assembled, checked ensemble and its [`ensemble::Prediction`].
-//! - [`top`]: top_pathologies.
+//! - [`top`]: the top pathologies (§4.4).
 //! - [`service`]: the gRPC `ct.v1.EnsembleService`.
 //! - [`train`]: retraining and calibration on a site's own data.
 //!

@@ -111,7 +111,7 @@ struct ServeArgs {
     #[arg(long, visible_alias = "addr", env = "CT_ENSEMBLE_ADDR", default_value = "127.0.0.1:50057")]
     listen: SocketAddr,
     /// Admin HTTP address (/live, /ready, /metrics); "off" disables it.
-    #[arg(long, env = "CT_ENSEMBLE_ADMIN_ADDR", default_value = "127.0.0.1:9057")]
+    #[arg(long, visible_alias = "admin-addr", env = "CT_ENSEMBLE_ADMIN_ADDR", default_value = "127.0.0.1:9107")]
     admin_listen: String,
 }
 

@@ -62,7 +62,10 @@ impl EnsembleHandle {
                     }
                 };
                 while let Ok((scores, reply)) = rx.recv() {
-                    let _ = reply.send(ensemble.predict(&scores));
+                    // a bug must not take the worker (and every later request) down
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ensemble.predict(&scores)))
+                        .unwrap_or_else(|_| Err(EnsembleError::Internal("the ensemble panicked".into())));
+                    let _ = reply.send(r);
                 }
             })
             .map_err(|e| EnsembleError::Internal(format!("starting the ensemble thread: {e}")))?;

@@ -49,6 +49,9 @@ struct ServeArgs {
     /// Address of the gRPC server.
     #[arg(long, env = "CT_PREPROCESS_ADDR", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
+    /// Admin HTTP address: /live, /ready, /metrics.
+    #[arg(long, env = "CT_ADMIN_ADDR", default_value = "127.0.0.1:9101")]
+    admin_addr: SocketAddr,
     /// Studies prepared at the same time (each holds its archive and volume in memory).
     #[arg(long, env = "CT_PREPROCESS_CONCURRENCY", default_value_t = 2)]
     max_concurrent: usize,
@@ -60,7 +63,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            init_tracing();
+            ct_service::init_tracing();
             match serve(args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -117,35 +120,14 @@ fn inspect_json(p: &Prepared) -> serde_json::Value {
     })
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CT_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
-}
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the tokio runtime")?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+        let admin = tokio::net::TcpListener::bind(args.admin_addr).await.with_context(|| format!("binding admin {}", args.admin_addr))?;
         tracing::info!(version = env!("CARGO_PKG_VERSION"), "preprocess-svc starting");
-        preprocess_svc::service::run(listener, Preprocessor::new(args.cfg, args.max_concurrent), shutdown_signal()).await
+        preprocess_svc::service::run(listener, Some(admin), Preprocessor::new(args.cfg, args.max_concurrent), ct_service::Shutdown::on_signals()).await
     })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            s.recv().await;
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutdown signal received, draining");
-}

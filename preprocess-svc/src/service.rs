@@ -18,11 +18,44 @@ pub struct Preprocessor {
     cfg: PrepareConfig,
     /// Bounds the studies prepared at once (each holds its archive and volume in memory).
     permits: Arc<Semaphore>,
+    metrics: Metrics,
+}
+
+/// Prometheus metrics of the service (admin port `/metrics`).
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: prometheus::Registry,
+    /// `ct_preprocess_requests_total{outcome}`: ok or the error_type.
+    requests: prometheus::IntCounterVec,
+    /// `ct_preprocess_seconds`: receive + prepare time of successful studies.
+    seconds: prometheus::Histogram,
+    /// `ct_preprocess_in_flight`: Prepare calls being received or prepared.
+    in_flight: prometheus::IntGauge,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let registry = prometheus::Registry::new();
+        let requests = prometheus::IntCounterVec::new(prometheus::Opts::new("ct_preprocess_requests_total", "Prepare calls by outcome (ok or error_type)"), &["outcome"]).expect("static metric");
+        let seconds = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new("ct_preprocess_seconds", "Receive + prepare time of a study").buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0]),
+        )
+        .expect("static metric");
+        let in_flight = prometheus::IntGauge::new("ct_preprocess_in_flight", "Prepare calls being received or prepared").expect("static metric");
+        registry.register(Box::new(requests.clone())).expect("unique metric");
+        registry.register(Box::new(seconds.clone())).expect("unique metric");
+        registry.register(Box::new(in_flight.clone())).expect("unique metric");
+        Self { registry, requests, seconds, in_flight }
+    }
 }
 
 impl Preprocessor {
     pub fn new(cfg: PrepareConfig, max_concurrent: usize) -> Self {
-        Self { cfg, permits: Arc::new(Semaphore::new(max_concurrent.max(1))) }
+        Self { cfg, permits: Arc::new(Semaphore::new(max_concurrent.max(1))), metrics: Metrics::new() }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn into_server(self) -> PreprocessServiceServer<Self> {
@@ -69,6 +102,26 @@ impl PreprocessService for Preprocessor {
     type PrepareStream = VolumeStream;
 
     async fn prepare(&self, request: Request<Streaming<ArchiveChunk>>) -> Result<Response<Self::PrepareStream>, Status> {
+        let started = std::time::Instant::now();
+        self.metrics.in_flight.inc();
+        let result = self.prepare_inner(request).await;
+        self.metrics.in_flight.dec();
+        match &result {
+            Ok(_) => {
+                self.metrics.requests.with_label_values(&["ok"]).inc();
+                self.metrics.seconds.observe(started.elapsed().as_secs_f64());
+            }
+            Err(status) => {
+                let outcome = ct_proto::errors::error_type(status).unwrap_or_else(|| "internal".into());
+                self.metrics.requests.with_label_values(&[outcome.as_str()]).inc();
+            }
+        }
+        result
+    }
+}
+
+impl Preprocessor {
+    async fn prepare_inner(&self, request: Request<Streaming<ArchiveChunk>>) -> Result<Response<VolumeStream>, Status> {
         let mut stream = request.into_inner();
         let first = stream.next().await.ok_or_else(|| PrepError::not_archive("empty request stream").to_status())??;
         let Some(archive_chunk::Part::Header(header)) = first.part else {
@@ -130,22 +183,27 @@ impl PreprocessService for Preprocessor {
     }
 }
 
-/// Serves the PreprocessService, grpc.health.v1 and reflection on `listener` until `shutdown`.
-pub async fn run(listener: tokio::net::TcpListener, svc: Preprocessor, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<PreprocessServiceServer<Preprocessor>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(ct_proto::v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+/// Serves the PreprocessService, grpc.health.v1 and reflection on `listener`, and (when given)
+/// the admin HTTP port (`/live`, `/ready`, `/metrics`), until `shutdown`.
+pub async fn run(listener: tokio::net::TcpListener, admin: Option<tokio::net::TcpListener>, svc: Preprocessor, shutdown: ct_service::Shutdown) -> anyhow::Result<()> {
+    let (reporter, router) = ct_service::grpc_router()?;
+    reporter.set_serving::<PreprocessServiceServer<Preprocessor>>().await;
+    let ready = ct_service::Readiness::default();
+    let admin_task = match admin {
+        Some(l) => {
+            tracing::info!(addr = %l.local_addr()?, "admin HTTP: /live /ready /metrics");
+            Some(tokio::spawn(ct_service::serve_admin(l, ct_service::admin_router(ready.clone(), svc.metrics.registry.clone()), shutdown.wait())))
+        }
+        None => None,
+    };
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening (gRPC: ct.v1.PreprocessService, grpc.health.v1, reflection)");
-    tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(svc.into_server())
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
-        .await?;
+    ready.set(true);
+    ct_service::serve_grpc(listener, router.add_service(svc.into_server()), shutdown.wait()).await?;
+    ready.set(false);
+    if let Some(t) = admin_task {
+        t.await??;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -9,15 +9,25 @@ use preprocess_svc::{PrepareConfig, prepare_path};
 use std::path::PathBuf;
 use tonic::transport::Channel;
 
-async fn start() -> (Channel, tokio::sync::oneshot::Sender<()>) {
+async fn start() -> (Channel, ct_service::Shutdown, std::net::SocketAddr) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(run(listener, Preprocessor::new(PrepareConfig::default(), 2), async {
-        let _ = rx.await;
-    }));
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (addr, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
+    let stop = ct_service::Shutdown::new();
+    tokio::spawn(run(listener, Some(admin), Preprocessor::new(PrepareConfig::default(), 2), stop.clone()));
     let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-    (channel, tx)
+    (channel, stop, admin_addr)
+}
+
+/// `GET path` on the admin port: (status, body).
+async fn admin_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let status = buf.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
 }
 
 fn request(bytes: Vec<u8>, options: PrepareOptions) -> impl tokio_stream::Stream<Item = ArchiveChunk> {
@@ -39,7 +49,7 @@ fn philips_study() -> PathBuf {
 
 #[tokio::test]
 async fn streams_a_real_study_in_and_the_volume_out() {
-    let (channel, stop) = start().await;
+    let (channel, stop, admin) = start().await;
     let mut client = PreprocessServiceClient::new(channel.clone());
     let bytes = std::fs::read(philips_study()).unwrap();
     let opts = PrepareOptions { skip_lung_validation: true, omit_lung_mask: false };
@@ -64,12 +74,14 @@ async fn streams_a_real_study_in_and_the_volume_out() {
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let r = health.check(tonic_health::pb::HealthCheckRequest { service: "ct.v1.PreprocessService".into() }).await.unwrap();
     assert_eq!(r.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
-    let _ = stop.send(());
+    assert_eq!(admin_get(admin, "/ready").await.0, 200);
+    assert!(admin_get(admin, "/metrics").await.1.contains("ct_preprocess_requests_total"));
+    stop.trigger();
 }
 
 #[tokio::test]
 async fn bad_input_gets_a_typed_status_and_the_service_keeps_serving() {
-    let (channel, stop) = start().await;
+    let (channel, stop, admin) = start().await;
     let mut client = PreprocessServiceClient::new(channel);
     for (bytes, code, error_type) in [
         (b"this is not a zip".to_vec(), tonic::Code::InvalidArgument, "not_an_archive"),
@@ -83,5 +95,7 @@ async fn bad_input_gets_a_typed_status_and_the_service_keeps_serving() {
         assert_eq!(err.code(), code, "{err:?}");
         assert_eq!(ct_proto::errors::error_type(&err).as_deref(), Some(error_type));
     }
-    let _ = stop.send(());
+    assert_eq!(admin_get(admin, "/ready").await.0, 200);
+    assert!(admin_get(admin, "/metrics").await.1.contains("ct_preprocess_requests_total"));
+    stop.trigger();
 }

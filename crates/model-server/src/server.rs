@@ -154,9 +154,11 @@ impl<A: Adapter> Model<A> {
     }
 
     /// One prediction in-process (CLI `predict`, tests): the same path as a Predict call.
-    pub async fn predict(&self, study: Study) -> Result<Vec<(String, f64)>, ModelError> {
+    /// Returns the values and the stage timings in ms (queue, recipe, infer, postprocess).
+    pub async fn predict(&self, study: Study) -> Result<(Vec<(String, f64)>, BTreeMap<String, f64>), ModelError> {
         let _permit = self.admission.clone().try_acquire_owned().map_err(|_| ModelError::Overloaded { capacity: self.config.queue_depth })?;
-        Ok(self.submit(study).await?.values)
+        let p = self.submit(study).await?;
+        Ok((p.values, p.timings.iter().map(|(k, v)| (k.to_string(), v.as_secs_f64() * 1e3)).collect()))
     }
 
     /// Stops taking jobs; workers finish what is queued and exit.

@@ -1,0 +1,16 @@
+//! End-to-end test kit of the chest-CT triage stack: [`stack::stack`] starts preprocess-svc,
+//! the five model services (demo bundles) and ensemble-svc in-process on 127.0.0.1 port 0, and
+//! [`stack::Stack::gateway`] a gateway in front of them; [`http`] is a minimal HTTP/1.1 client
+//! that can send exact, partial and malformed uploads; [`fixtures`] builds the inputs.
+//!
+//! The tests are in `tests/` (`cargo test -p e2e`). Nothing is downloaded; the demo bundles
+//! come from `scripts/setup` (`models/demo/`). When `models/demo/ensemble` is missing, a
+//! temporary ensemble is trained on the demo models' scores ([`ensemble`]). Set `CT_LOG=info`
+//! to see the services' logs.
+
+pub mod ensemble;
+pub mod fixtures;
+pub mod http;
+pub mod stack;
+
+pub use stack::{Gateway, Stack, closed_port, stack};
