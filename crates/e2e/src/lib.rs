@@ -3,10 +3,12 @@
 //! [`stack::Stack::gateway`] a gateway in front of them; [`http`] is a minimal HTTP/1.1 client
 //! that can send exact, partial and malformed uploads; [`fixtures`] builds the inputs.
 //!
-//! The tests are in `tests/` (`cargo test -p e2e`). Nothing is downloaded; the demo bundles
-//! come from `scripts/setup` (`models/demo/`). When `models/demo/ensemble` is missing, a
-//! temporary ensemble is trained on the demo models' scores ([`ensemble`]). Set `CT_LOG=info`
-//! to see the services' logs.
+//! The tests are in `tests/` (`cargo test -p e2e`): `stack.rs` (decisions, every bad-input
+//! class, limits, 429, 504, the missing-model policy, concurrency, NIfTI, shutdown) and
+//! `batch.rs` (the `ct-batch` client against the stack, XLSX read back). Nothing is downloaded;
+//! the demo bundles come from `scripts/setup` (`models/demo/`). When `models/demo/ensemble` is
+//! missing, a temporary ensemble is trained on the demo models' scores ([`ensemble`]). Set
+//! `CT_LOG=info,ort=warn` to see the services' logs.
 
 pub mod ensemble;
 pub mod fixtures;
