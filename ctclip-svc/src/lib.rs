@@ -83,9 +83,7 @@ impl Adapter for Ctclip {
     fn load(bundle: &Bundle, _options: &AdapterOptions) -> Result<Self, BundleError> {
         let m = &bundle.manifest;
         bundle.expect_recipe("ctclip")?;
-        if m.inputs.len() != 1 || m.outputs.len() != 1 {
-            return Err(bundle.mismatch("inputs/outputs", "1 input and 1 output", format!("{} inputs and {} outputs", m.inputs.len(), m.outputs.len())));
-        }
+        bundle.expect_io_counts(1, 1, "image")?;
         let shape: Vec<Option<i64>> = CTCLIP_INPUT_SHAPE.iter().map(|&d| Some(d)).collect();
         bundle.expect_tensor("inputs[0]", &m.inputs[0], &[DType::Float32], &shape)?;
         bundle.expect_tensor("outputs[0]", &m.outputs[0], &[DType::Float32], &[Some(1), Some(PATHOLOGIES.len() as i64), Some(2)])?;

@@ -48,9 +48,7 @@ impl Adapter for Diffusion {
         if batch_size == 0 {
             return Err(bundle.mismatch("recipe.batch_size", ">= 1", "0"));
         }
-        if m.inputs.len() != 2 || m.outputs.len() != 1 {
-            return Err(bundle.mismatch("inputs/outputs", "2 inputs (image, timesteps) and 1 output", format!("{} inputs and {} outputs", m.inputs.len(), m.outputs.len())));
-        }
+        bundle.expect_io_counts(2, 1, "image, timesteps")?;
         let [h, w] = r.size.map(|v| Some(v as i64));
         bundle.expect_tensor("inputs[0]", &m.inputs[0], &[DType::Float32], &[None, Some(1), h, w])?;
         bundle.expect_tensor("inputs[1]", &m.inputs[1], &[DType::Int64], &[None])?;

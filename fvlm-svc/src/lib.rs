@@ -77,9 +77,7 @@ impl Adapter for Fvlm {
             .iter()
             .map(|o| f.organs.iter().position(|x| x == o).ok_or_else(|| bundle.mismatch("fvlm.item_organs", format!("one of {:?}", f.organs), o.clone())))
             .collect::<Result<Vec<_>, _>>()?;
-        if m.inputs.len() != 3 || m.outputs.len() != 1 {
-            return Err(bundle.mismatch("inputs/outputs", "3 inputs (image, organ_mask, organ) and 1 output", format!("{} inputs and {} outputs", m.inputs.len(), m.outputs.len())));
-        }
+        bundle.expect_io_counts(3, 1, "image, organ_mask, organ")?;
         let size: Vec<Option<i64>> = [1, 1].into_iter().chain(r.organ_size.map(|v| v as i64)).map(Some).collect();
         bundle.expect_tensor("inputs[0]", &m.inputs[0], &[DType::Float32], &size)?;
         bundle.expect_tensor("inputs[1]", &m.inputs[1], &[DType::Float32], &size)?;

@@ -41,9 +41,7 @@ impl Adapter for Mednext {
         let r: RecipeSection = m.recipe(&bundle.dir)?;
         let params = MednextParams { spacing_mm: r.spacing_mm, hu_clip: r.hu_clip, roi: r.roi };
         params.validate().map_err(|e| bundle.mismatch("recipe", "positive spacing, an ordered clip range, a non-empty roi", e.to_string()))?;
-        if m.inputs.len() != 1 || m.outputs.len() != 1 {
-            return Err(bundle.mismatch("inputs/outputs", "1 input and 1 output", format!("{} inputs and {} outputs", m.inputs.len(), m.outputs.len())));
-        }
+        bundle.expect_io_counts(1, 1, "image")?;
         let [i, j, k] = r.roi.map(|v| Some(v as i64));
         bundle.expect_tensor("inputs[0]", &m.inputs[0], &[DType::Float16, DType::Float32], &[Some(1), Some(1), i, j, k])?;
         let n = m.labels.names.len();

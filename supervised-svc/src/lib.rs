@@ -40,9 +40,7 @@ impl Adapter for Supervised {
     fn load(bundle: &Bundle, _options: &AdapterOptions) -> Result<Self, BundleError> {
         let m = &bundle.manifest;
         bundle.expect_recipe("ctclip")?;
-        if m.inputs.len() != 1 || m.outputs.len() != 1 {
-            return Err(bundle.mismatch("inputs/outputs", "1 input and 1 output", format!("{} inputs and {} outputs", m.inputs.len(), m.outputs.len())));
-        }
+        bundle.expect_io_counts(1, 1, "image")?;
         let labels: Vec<String> = if m.labels.names.is_empty() { MOSMED_PATHOLOGIES.iter().map(|s| s.to_string()).collect() } else { m.labels.names.clone() };
         let shape: Vec<Option<i64>> = CTCLIP_INPUT_SHAPE.iter().map(|&d| Some(d)).collect();
         bundle.expect_tensor("inputs[0]", &m.inputs[0], &[DType::Float32], &shape)?;

@@ -202,7 +202,17 @@ impl Bundle {
         Ok(())
     }
 
-    /// Checks the number of inputs and outputs and the name/dtype/rank of one of them.
+    /// Checks the number of inputs and outputs (`what` names them for the message, e.g.
+    /// "image, timesteps").
+    pub fn expect_io_counts(&self, inputs: usize, outputs: usize, what: &str) -> Result<(), BundleError> {
+        let m = &self.manifest;
+        if m.inputs.len() != inputs || m.outputs.len() != outputs {
+            return Err(self.mismatch("inputs/outputs", format!("{inputs} inputs ({what}) and {outputs} output(s)"), format!("{} inputs and {} outputs", m.inputs.len(), m.outputs.len())));
+        }
+        Ok(())
+    }
+
+    /// Checks the name/dtype/rank of one input or output.
     pub fn expect_tensor(&self, field: &str, spec: &TensorSpec, dtypes: &[DType], shape: &[Option<i64>]) -> Result<(), BundleError> {
         if !dtypes.contains(&spec.dtype) {
             return Err(self.mismatch(format!("{field}.dtype"), dtypes.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(" or "), spec.dtype.as_str()));
