@@ -6,11 +6,9 @@
 //! The tests are in `tests/` (`cargo test -p e2e`): `stack.rs` (decisions, every bad-input
 //! class, limits, 429, 504, the missing-model policy, concurrency, NIfTI, shutdown) and
 //! `batch.rs` (the `ct-batch` client against the stack, XLSX read back). Nothing is downloaded;
-//! the demo bundles come from `scripts/setup` (`models/demo/`). When `models/demo/ensemble` is
-//! missing, a temporary ensemble is trained on the demo models' scores ([`ensemble`]). Set
+//! the demo bundles, the ensemble's included, come from `scripts/setup` (`models/demo/`). Set
 //! `CT_LOG=info,ort=warn` to see the services' logs.
 
-pub mod ensemble;
 pub mod fixtures;
 pub mod http;
 pub mod stack;

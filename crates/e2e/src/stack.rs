@@ -10,7 +10,7 @@ use ensemble_svc::bundle::Bundle;
 use ensemble_svc::ensemble::{Ensemble, Options};
 use ensemble_svc::service::{EnsembleHandle, EnsembleSvc, Metrics};
 use model_server::ServerConfig;
-use model_server::testing::{demo_bundle, spawn, workspace_root};
+use model_server::testing::{demo_bundle, spawn};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -20,12 +20,8 @@ use std::time::Duration;
 pub struct Stack {
     /// URLs of the seven upstreams, ready for a gateway config.
     pub upstreams: gateway::Upstreams,
-    /// The ensemble bundle in use.
+    /// The ensemble bundle in use (`models/demo/ensemble`).
     pub ensemble_bundle: PathBuf,
-    /// False when `models/demo/ensemble` was missing and a temporary bundle was trained on the
-    /// demo models' scores of the committed studies instead.
-    pub demo_ensemble: bool,
-    _tmp: Option<tempfile::TempDir>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -60,11 +56,11 @@ fn start_blocking() -> Stack {
         ct_service::init_tracing();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("e2e-stack").enable_all().build().expect("stack runtime");
-    let (upstreams, ensemble_bundle, demo_ensemble, tmp) = runtime.block_on(start());
-    Stack { upstreams, ensemble_bundle, demo_ensemble, _tmp: tmp, _runtime: runtime }
+    let (upstreams, ensemble_bundle) = runtime.block_on(start());
+    Stack { upstreams, ensemble_bundle, _runtime: runtime }
 }
 
-async fn start() -> (gateway::Upstreams, PathBuf, bool, Option<tempfile::TempDir>) {
+async fn start() -> (gateway::Upstreams, PathBuf) {
     let url = |a: SocketAddr| format!("http://{a}");
 
     // preprocess-svc (lung validation on, as deployed)
@@ -82,14 +78,8 @@ async fn start() -> (gateway::Upstreams, PathBuf, bool, Option<tempfile::TempDir
     let fvlm = spawn::<fvlm_svc::Fvlm>(&demo_bundle("fvlm"), cfg.clone()).await;
     let models = [("ctclip", ctclip.grpc), ("supervised", supervised.grpc), ("diffusion", diffusion.grpc), ("mednext", mednext.grpc), ("fvlm", fvlm.grpc)];
 
-    // the ensemble: the demo bundle, or a temporary one trained on the demo models' scores
-    let demo = workspace_root().join("models/demo/ensemble");
-    let (bundle, demo_ensemble, tmp) = if demo.join("manifest.toml").is_file() {
-        (demo, true, None)
-    } else {
-        let (dir, tmp) = crate::ensemble::train_temporary(&models).await;
-        (dir, false, Some(tmp))
-    };
+    // the ensemble: the demo bundle scripts/setup copies from tools/demo_models/ensemble
+    let bundle = demo_bundle("ensemble");
     let b = bundle.clone();
     let (handle, _) = tokio::task::spawn_blocking(move || EnsembleHandle::spawn(move || Ensemble::from_bundle(&Bundle::load(&b)?, &Options::default())))
         .await
@@ -110,7 +100,7 @@ async fn start() -> (gateway::Upstreams, PathBuf, bool, Option<tempfile::TempDir
         fvlm_url: url(models[4].1),
         ensemble_url: url(ensemble),
     };
-    (upstreams, bundle, demo_ensemble, tmp)
+    (upstreams, bundle)
 }
 
 /// A gateway started by a test, on the test's runtime.

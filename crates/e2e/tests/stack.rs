@@ -108,10 +108,9 @@ async fn generated_studies_get_the_expected_decisions() {
     assert_eq!(v["pathology"], 1, "abnormal study: {v}");
     let top = v["top_pathologies"].as_array().expect("top_pathologies");
     assert!((1..=3).contains(&top.len()), "{v}");
-    if s.demo_ensemble || !v["probability_of_pathology_thoracic"].is_null() {
-        assert!(v["probability_of_pathology_thoracic"].as_f64().is_some_and(|p| (0.0..=1.0).contains(&p)));
-        assert!(v["pathology_thoracic"].is_u64());
-    }
+    // the demo ensemble has a thoracic model
+    assert!(v["probability_of_pathology_thoracic"].as_f64().is_some_and(|p| (0.0..=1.0).contains(&p)), "{v}");
+    assert!(v["pathology_thoracic"].is_u64(), "{v}");
 
     assert_eq!(gw.metric("ct_gateway_requests_total{endpoint=\"/predict\",outcome=\"ok\"}").await, Some(2.0));
     assert_eq!(gw.metric("ct_gateway_stage_seconds_count{stage=\"models\"}").await, Some(2.0));
