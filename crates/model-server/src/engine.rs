@@ -89,7 +89,9 @@ impl Input {
     /// An f32 tensor converted to the element type `dtype` asks for.
     pub fn float(dtype: DType, shape: Vec<i64>, data: Vec<f32>) -> Input {
         match dtype {
-            DType::Float16 => Input::F16(shape, data.into_iter().map(half::f16::from_f32).collect()),
+            // ct-volume's parallel converter (round to nearest even, checked against NumPy);
+            // `half::f16` is only ONNX Runtime's element type (the collect reuses the buffer)
+            DType::Float16 => Input::F16(shape, ct_volume::to_f16_bits(&data).into_iter().map(half::f16::from_bits).collect()),
             _ => Input::F32(shape, data),
         }
     }
