@@ -132,12 +132,12 @@ where
             buf.extend_from_slice(&bytes.split_to(take));
             if buf.len() == cap {
                 let data = std::mem::replace(&mut buf, Vec::with_capacity(cap));
-                tx.send(ArchiveChunk { part: Some(archive_chunk::Part::Data(data)) }).await.map_err(|_| PumpError::Closed)?;
+                tx.send(ArchiveChunk { part: Some(archive_chunk::Part::Data(data.into())) }).await.map_err(|_| PumpError::Closed)?;
             }
         }
     }
     if !buf.is_empty() {
-        tx.send(ArchiveChunk { part: Some(archive_chunk::Part::Data(buf)) }).await.map_err(|_| PumpError::Closed)?;
+        tx.send(ArchiveChunk { part: Some(archive_chunk::Part::Data(buf.into())) }).await.map_err(|_| PumpError::Closed)?;
     }
     Ok(total)
 }

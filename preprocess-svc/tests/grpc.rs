@@ -39,7 +39,7 @@ fn request(bytes: Vec<u8>, options: PrepareOptions) -> impl tokio_stream::Stream
             options: Some(options),
         })),
     };
-    let data: Vec<ArchiveChunk> = bytes.chunks(1 << 20).map(|c| ArchiveChunk { part: Some(archive_chunk::Part::Data(c.to_vec())) }).collect();
+    let data: Vec<ArchiveChunk> = bytes.chunks(1 << 20).map(|c| ArchiveChunk { part: Some(archive_chunk::Part::Data(c.to_vec().into())) }).collect();
     tokio_stream::iter(std::iter::once(header).chain(data))
 }
 

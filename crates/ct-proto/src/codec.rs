@@ -61,7 +61,7 @@ fn chunked<'a, T>(values: &'a [T], bytes_per: usize, put: fn(&T, &mut Vec<u8>), 
         for v in part {
             put(v, &mut data);
         }
-        VolumeChunk { part: Some(wrap(v1::Bytes { offset: (c * per_chunk * bytes_per) as u64, data })) }
+        VolumeChunk { part: Some(wrap(v1::Bytes { offset: (c * per_chunk * bytes_per) as u64, data: data.into() })) }
     })
 }
 
@@ -245,7 +245,7 @@ mod tests {
         // a chunk at the wrong offset
         let mut asm = VolumeAssembler::new(1 << 30);
         asm.push(chunks[0].clone()).unwrap();
-        let bad = VolumeChunk { part: Some(Part::Voxels(v1::Bytes { offset: 8, data: vec![0; 8] })) };
+        let bad = VolumeChunk { part: Some(Part::Voxels(v1::Bytes { offset: 8, data: vec![0; 8].into() })) };
         assert_eq!(asm.push(bad), Err(CodecError::OutOfOrder { part: "voxels", expected: 0, found: 8 }));
     }
 }
