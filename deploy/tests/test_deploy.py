@@ -300,7 +300,7 @@ class Binaries(unittest.TestCase):
         self.assertIn("serve", h.subcommands(), f"{where}: {h.service} has no serve subcommand")
         for a in args[1:]:
             if a.startswith("--"):
-                self.assertIn(a.split("=", 1)[0], h.flags, f"{where}: {h.service} serve does not accept {a}")
+                self.assertTrue(a.split("=", 1)[0] in h.flags, f"{where}: {h.service} serve does not accept {a}")
         for name, value in env.items():
             if name in FOREIGN_ENV:
                 continue
