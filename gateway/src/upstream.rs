@@ -51,7 +51,9 @@ fn channel(url: &str, config: &Config) -> Result<Channel, tonic::transport::Erro
     Ok(Endpoint::from_shared(url.to_string())?
         .connect_timeout(config.connect_timeout)
         .tcp_nodelay(true)
-        .http2_adaptive_window(true)
+        .initial_stream_window_size(ct_service::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(ct_service::CONNECTION_WINDOW_BYTES)
+        .max_frame_size(ct_service::MAX_FRAME_BYTES)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20))
         .connect_lazy())

@@ -47,37 +47,107 @@ pub fn encode<'a>(mut header: VolumeHeader, volume: &'a Volume, mask: Option<&'a
     header.mask_bytes = mask.map_or(0, |m| m.len() as u64);
 
     let voxel_chunks: Box<dyn Iterator<Item = VolumeChunk> + 'a> = match volume.voxels() {
-        Voxels::I16(a) => Box::new(chunked(a.as_slice().expect("standard layout"), 2, |v, out| out.extend_from_slice(&v.to_le_bytes()), Part::Voxels)),
-        Voxels::F32(a) => Box::new(chunked(a.as_slice().expect("standard layout"), 4, |v, out| out.extend_from_slice(&v.to_le_bytes()), Part::Voxels)),
+        Voxels::I16(a) => Box::new(chunked(a.as_slice().expect("standard layout"), Part::Voxels)),
+        Voxels::F32(a) => Box::new(chunked(a.as_slice().expect("standard layout"), Part::Voxels)),
     };
-    let mask_chunks = mask.into_iter().flat_map(|m| chunked(m.as_slice().expect("standard layout"), 1, |v, out| out.push(*v), Part::LungMask));
+    let mask_chunks = mask.into_iter().flat_map(|m| chunked(m.as_slice().expect("standard layout"), Part::LungMask));
     std::iter::once(VolumeChunk { part: Some(Part::Header(header)) }).chain(voxel_chunks).chain(mask_chunks)
 }
 
-fn chunked<'a, T>(values: &'a [T], bytes_per: usize, put: fn(&T, &mut Vec<u8>), wrap: fn(v1::Bytes) -> Part) -> impl Iterator<Item = VolumeChunk> + 'a {
+/// Little-endian bytes of `values`, in chunks of at most [`MAX_CHUNK_BYTES`] (whole values).
+fn chunked<'a, T: LeBytes>(values: &'a [T], wrap: fn(v1::Bytes) -> Part) -> impl Iterator<Item = VolumeChunk> + 'a {
+    let bytes_per = std::mem::size_of::<T>();
     let per_chunk = MAX_CHUNK_BYTES / bytes_per;
     values.chunks(per_chunk).enumerate().map(move |(c, part)| {
-        let mut data = Vec::with_capacity(part.len() * bytes_per);
-        for v in part {
-            put(v, &mut data);
-        }
+        let data = T::le_bytes(part);
         VolumeChunk { part: Some(wrap(v1::Bytes { offset: (c * per_chunk * bytes_per) as u64, data: data.into() })) }
     })
 }
 
-/// Receives a chunk stream and rebuilds the volume, checking order and sizes.
+/// The wire's little-endian byte order for voxel and mask values: a plain copy on little-endian
+/// machines (one memcpy per chunk instead of a call per value), a byte swap elsewhere.
+trait LeBytes: bytemuck::Pod {
+    fn swap(self) -> Self;
+
+    fn le_bytes(values: &[Self]) -> Vec<u8> {
+        if cfg!(target_endian = "little") {
+            bytemuck::cast_slice(values).to_vec()
+        } else {
+            values.iter().flat_map(|v| bytemuck::bytes_of(&v.swap()).to_vec()).collect()
+        }
+    }
+
+    /// Values from little-endian bytes (`bytes.len()` a multiple of the value size); the bytes
+    /// need no particular alignment.
+    /// Appends the values of `bytes` (little-endian, any alignment, a multiple of the value size).
+    fn extend_from_le(values: &mut Vec<Self>, bytes: &[u8]) {
+        let at = values.len();
+        values.resize(at + bytes.len() / std::mem::size_of::<Self>(), Self::zeroed());
+        bytemuck::cast_slice_mut::<Self, u8>(&mut values[at..]).copy_from_slice(bytes);
+        if cfg!(target_endian = "big") {
+            values[at..].iter_mut().for_each(|x| *x = x.swap());
+        }
+    }
+}
+
+impl LeBytes for u8 {
+    fn swap(self) -> Self {
+        self
+    }
+}
+
+impl LeBytes for i16 {
+    fn swap(self) -> Self {
+        self.swap_bytes()
+    }
+}
+
+impl LeBytes for f32 {
+    fn swap(self) -> Self {
+        f32::from_bits(self.to_bits().swap_bytes())
+    }
+}
+
+/// Receives a chunk stream and rebuilds the volume, checking order and sizes. Voxels are decoded
+/// into their final typed buffer as they arrive (no second whole-volume copy at the end).
 #[derive(Debug)]
 pub struct VolumeAssembler {
     header: Option<VolumeHeader>,
-    voxels: Vec<u8>,
+    voxels: TypedVoxels,
+    /// Voxel bytes received so far.
+    voxel_bytes: u64,
+    /// The bytes of a value split across two chunks (the encoder never splits one, others may).
+    carry: Vec<u8>,
     mask: Vec<u8>,
     max_voxel_bytes: u64,
+}
+
+#[derive(Debug)]
+enum TypedVoxels {
+    I16(Vec<i16>),
+    F32(Vec<f32>),
+}
+
+impl TypedVoxels {
+    fn value_size(&self) -> usize {
+        match self {
+            Self::I16(_) => 2,
+            Self::F32(_) => 4,
+        }
+    }
+
+    fn extend(&mut self, bytes: &[u8]) {
+        match self {
+            Self::I16(v) => i16::extend_from_le(v, bytes),
+            Self::F32(v) => f32::extend_from_le(v, bytes),
+        }
+    }
 }
 
 impl VolumeAssembler {
     /// `max_voxel_bytes` bounds the memory a sender can make the receiver allocate.
     pub fn new(max_voxel_bytes: u64) -> Self {
-        Self { header: None, voxels: Vec::new(), mask: Vec::new(), max_voxel_bytes }
+        Self { header: None, voxels: TypedVoxels::I16(Vec::new()), voxel_bytes: 0, carry: Vec::new(), mask: Vec::new(), max_voxel_bytes }
     }
 
     pub fn header(&self) -> Option<&VolumeHeader> {
@@ -91,21 +161,43 @@ impl VolumeAssembler {
                     return Err(CodecError::DuplicateHeader);
                 }
                 let expected = check_header(&h, self.max_voxel_bytes)?;
-                self.voxels.reserve_exact(expected as usize);
+                self.voxels = if h.voxel_type == VoxelType::Float32 as i32 {
+                    TypedVoxels::F32(Vec::with_capacity(expected as usize / 4))
+                } else {
+                    TypedVoxels::I16(Vec::with_capacity(expected as usize / 2))
+                };
                 self.mask.reserve_exact(h.mask_bytes as usize);
                 self.header = Some(h);
                 Ok(())
             }
             Some(Part::Voxels(b)) => {
                 let h = self.header.as_ref().ok_or(CodecError::MissingHeader)?;
-                append(&mut self.voxels, b, h.voxel_bytes, "voxels")
+                check_range(self.voxel_bytes, &b, h.voxel_bytes, "voxels")?;
+                self.voxel_bytes += b.data.len() as u64;
+                let size = self.voxels.value_size();
+                let mut data: &[u8] = &b.data;
+                if !self.carry.is_empty() {
+                    let take = (size - self.carry.len()).min(data.len());
+                    self.carry.extend_from_slice(&data[..take]);
+                    data = &data[take..];
+                    if self.carry.len() == size {
+                        self.voxels.extend(&self.carry);
+                        self.carry.clear();
+                    }
+                }
+                let whole = data.len() / size * size;
+                self.voxels.extend(&data[..whole]);
+                self.carry.extend_from_slice(&data[whole..]);
+                Ok(())
             }
             Some(Part::LungMask(b)) => {
                 let h = self.header.as_ref().ok_or(CodecError::MissingHeader)?;
-                if self.voxels.len() as u64 != h.voxel_bytes {
-                    return Err(CodecError::Incomplete { part: "voxels", expected: h.voxel_bytes, got: self.voxels.len() as u64 });
+                if self.voxel_bytes != h.voxel_bytes {
+                    return Err(CodecError::Incomplete { part: "voxels", expected: h.voxel_bytes, got: self.voxel_bytes });
                 }
-                append(&mut self.mask, b, h.mask_bytes, "lung_mask")
+                check_range(self.mask.len() as u64, &b, h.mask_bytes, "lung_mask")?;
+                self.mask.extend_from_slice(&b.data);
+                Ok(())
             }
             None => Ok(()),
         }
@@ -114,19 +206,17 @@ impl VolumeAssembler {
     /// The header, the volume and the lung mask (if one was sent).
     pub fn finish(self) -> Result<(VolumeHeader, Volume, Option<Array3<u8>>), CodecError> {
         let h = self.header.ok_or(CodecError::MissingHeader)?;
-        for (part, got, expected) in [("voxels", self.voxels.len() as u64, h.voxel_bytes), ("lung_mask", self.mask.len() as u64, h.mask_bytes)] {
+        for (part, got, expected) in [("voxels", self.voxel_bytes, h.voxel_bytes), ("lung_mask", self.mask.len() as u64, h.mask_bytes)] {
             if got != expected {
                 return Err(CodecError::Incomplete { part, expected, got });
             }
         }
         let (ni, nj, nk) = (h.dims[0] as usize, h.dims[1] as usize, h.dims[2] as usize);
         let shape = (nk, nj, ni);
-        let voxels = if h.voxel_type == VoxelType::Float32 as i32 {
-            let v = self.voxels.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-            Voxels::F32(Array3::from_shape_vec(shape, v).map_err(|e| CodecError::BadHeader(e.to_string()))?)
-        } else {
-            let v = self.voxels.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect();
-            Voxels::I16(Array3::from_shape_vec(shape, v).map_err(|e| CodecError::BadHeader(e.to_string()))?)
+        // voxel_bytes == h.voxel_bytes, a whole number of values (checked with the header): no carry
+        let voxels = match self.voxels {
+            TypedVoxels::F32(v) => Voxels::F32(Array3::from_shape_vec(shape, v).map_err(|e| CodecError::BadHeader(e.to_string()))?),
+            TypedVoxels::I16(v) => Voxels::I16(Array3::from_shape_vec(shape, v).map_err(|e| CodecError::BadHeader(e.to_string()))?),
         };
         let geometry = Geometry {
             spacing_mm: [h.spacing_mm[0], h.spacing_mm[1], h.spacing_mm[2]],
@@ -174,15 +264,14 @@ fn check_header(h: &VolumeHeader, max_voxel_bytes: u64) -> Result<u64, CodecErro
     Ok(expected)
 }
 
-fn append(buf: &mut Vec<u8>, b: v1::Bytes, limit: u64, part: &'static str) -> Result<(), CodecError> {
-    let at = buf.len() as u64;
+/// `b` must start where the data received so far (`at` bytes) ends and stay within `limit`.
+fn check_range(at: u64, b: &v1::Bytes, limit: u64, part: &'static str) -> Result<(), CodecError> {
     if b.offset != at {
         return Err(CodecError::OutOfOrder { part, expected: at, found: b.offset });
     }
     if at + b.data.len() as u64 > limit {
         return Err(CodecError::Overflow { part, limit });
     }
-    buf.extend_from_slice(&b.data);
     Ok(())
 }
 
@@ -200,6 +289,52 @@ mod tests {
             slice_positions_mm: (0..nk).map(|k| [-100.0, -120.0, 30.0 + 1.25 * k as f64]).collect(),
         };
         Volume::new(Voxels::I16(data), g).unwrap()
+    }
+
+    #[test]
+    fn float_volumes_round_trip_bit_exactly_in_little_endian() {
+        let vol = volume(3, 40, 50);
+        let Voxels::I16(a) = vol.voxels() else { unreachable!() };
+        let f = a.mapv(|v| f32::from(v) * 0.37 - 1e-3);
+        let special = [f32::MIN_POSITIVE, -0.0, f32::MAX, 1.0e-40];
+        let mut f = f;
+        for (slot, v) in f.iter_mut().zip(special) {
+            *slot = v;
+        }
+        let vol = Volume::new(Voxels::F32(f.clone()), vol.geometry().clone()).unwrap();
+        let chunks: Vec<_> = encode(VolumeHeader::default(), &vol, None).collect();
+        let Some(Part::Voxels(first)) = &chunks[1].part else { panic!("expected voxels") };
+        // the wire is little-endian whatever the machine
+        assert_eq!(&first.data[..4], &special[0].to_le_bytes());
+        let mut asm = VolumeAssembler::new(1 << 30);
+        for c in chunks {
+            asm.push(c).unwrap();
+        }
+        let (_, back, m) = asm.finish().unwrap();
+        assert!(m.is_none());
+        let Voxels::F32(b) = back.voxels() else { panic!("expected f32 voxels") };
+        assert!(b.iter().zip(f.iter()).all(|(x, y)| x.to_bits() == y.to_bits()));
+    }
+
+    #[test]
+    fn values_split_across_chunks_are_reassembled() {
+        let vol = volume(2, 5, 7);
+        let whole: Vec<_> = encode(VolumeHeader::default(), &vol, None).collect();
+        let Some(Part::Voxels(b)) = &whole[1].part else { panic!("expected voxels") };
+        let mut asm = VolumeAssembler::new(1 << 30);
+        asm.push(whole[0].clone()).unwrap();
+        // odd chunk sizes: every i16 boundary is crossed somewhere
+        let mut at = 0;
+        for len in [1, 3, 2, 5, 1, 1, 7].into_iter().cycle() {
+            if at >= b.data.len() {
+                break;
+            }
+            let end = (at + len).min(b.data.len());
+            asm.push(VolumeChunk { part: Some(Part::Voxels(v1::Bytes { offset: at as u64, data: b.data.slice(at..end) })) }).unwrap();
+            at = end;
+        }
+        let (_, back, _) = asm.finish().unwrap();
+        assert_eq!(back, vol);
     }
 
     #[test]
