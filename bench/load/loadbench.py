@@ -179,6 +179,19 @@ def read_status_kib(pid, keys=("VmHWM", "VmRSS"), proc_root="/proc"):
     return out
 
 
+def read_cpu_seconds(pid, proc_root="/proc"):
+    """(user, system) CPU seconds a process has used so far, from /proc/<pid>/stat; None if gone."""
+    try:
+        with open(os.path.join(proc_root, str(pid), "stat")) as fh:
+            text = fh.read()
+        # the command name (field 2) may hold spaces: fields after its closing parenthesis
+        fields = text[text.rindex(")") + 2:].split()
+        tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        return int(fields[11]) / tick, int(fields[12]) / tick
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def reset_peak_rss(pid, proc_root="/proc"):
     """Resets VmHWM to the current RSS (Linux: write 5 to clear_refs). True when it worked."""
     try:
@@ -382,6 +395,7 @@ def main(argv=None):
     procs = stack_processes(names)
     missing = sorted(names - set(procs.values()))
     reset = {pid: reset_peak_rss(pid) for pid in procs}
+    cpu0 = {pid: read_cpu_seconds(pid) for pid in procs}
     gw0 = scrape(a.admin_url)
     models0 = {m: scrape(u) for m, u in model_admin.items()}
     ens0 = scrape(a.ensemble_admin)
@@ -394,8 +408,16 @@ def main(argv=None):
     ens1 = scrape(a.ensemble_admin)
     pre1 = scrape(a.preprocess_admin)
     rss = {pid: read_status_kib(pid) for pid in procs}
+    cpu1 = {pid: read_cpu_seconds(pid) for pid in procs}
 
     ok = [r for r in results if r.ok]
+    # CPU time per successful study of each process (user, system): unlike wall times, it does not
+    # grow when other work shares the machine, so it shows where the transfers' cost goes.
+    cpu_per_study = {}
+    for pid in procs:
+        if ok and cpu0.get(pid) and cpu1.get(pid):
+            u, sy = (b - a0 for a0, b in zip(cpu0[pid], cpu1[pid]))
+            cpu_per_study[f"{procs[pid]}[{pid}]"] = {"user": u / len(ok), "system": sy / len(ok)}
     lat = [r.latency_s for r in ok]
     last = [r.last_try_s for r in ok]
     n429 = sum(r.throttled for r in results) + sum(1 for r in results if r.status == 429)
@@ -448,6 +470,7 @@ def main(argv=None):
                                       for (n, l), (s, c) in sorted(gw_hist.items(), key=lambda x: x[0][0])},
         "peak_rss_mib": {f"{procs[p]}[{p}]": round(v.get("VmHWM", 0) / 1024, 1) for p, v in sorted(rss.items(), key=lambda x: procs[x[0]])},
         "peak_rss_reset_before_load": all(reset.values()) if reset else False,
+        "cpu_s_per_study": dict(sorted(cpu_per_study.items())),
         "processes_not_found": missing,
         "machine": {"cpus": os.cpu_count()},
     }
@@ -473,7 +496,10 @@ def main(argv=None):
     if gw_hist:
         print("gateway histograms (mean per observation):")
         for k, v in report["gateway_histograms_mean_s"].items():
-            print(f"  {k:<60} {v * 1000:9.1f} ms")
+            if "_bytes" in k:
+                print(f"  {k:<60} {v / 1e6:9.1f} MB")
+            else:
+                print(f"  {k:<60} {v * 1000:9.1f} ms")
     else:
         print(f"gateway histograms: none from {a.admin_url}/metrics")
     print("peak RSS (VmHWM" + (", reset before the load" if report["peak_rss_reset_before_load"] else ", process lifetime") + "):")
@@ -481,6 +507,10 @@ def main(argv=None):
         print(f"  {k:<28} {v:9.1f} MiB")
     if missing:
         print(f"  not found: {', '.join(missing)}")
+    if cpu_per_study:
+        print("CPU time per study (user + system, from /proc/<pid>/stat):")
+        for k, v in report["cpu_s_per_study"].items():
+            print(f"  {k:<28} {(v['user'] + v['system']) * 1000:9.1f} ms  (user {v['user'] * 1000:.1f}, system {v['system'] * 1000:.1f})")
     if a.json:
         os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
         with open(a.json, "w") as fh:

@@ -102,6 +102,11 @@ class Procs(unittest.TestCase):
             self.assertEqual(found, {10: "gateway", 12: "ctclip-svc"})
             self.assertEqual(lb.read_status_kib(10, proc_root=root), {"VmHWM": 204800, "VmRSS": 102400})
             self.assertEqual(lb.read_status_kib(99, proc_root=root), {})
+            # a command name with spaces and parentheses; utime 250 and stime 50 ticks
+            tick = os.sysconf("SC_CLK_TCK")
+            _write(os.path.join(root, "10", "stat"), "10 (a (b) c) S 1 10 10 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 9 0\n")
+            self.assertEqual(lb.read_cpu_seconds(10, proc_root=root), (250 / tick, 50 / tick))
+            self.assertIsNone(lb.read_cpu_seconds(99, proc_root=root))
 
 
 class Args(unittest.TestCase):
