@@ -42,9 +42,9 @@ GATEWAY_URL_ENV = {
     **{f"CT_{m.upper()}_URL": f"{m}-svc" for m in MODELS},
     "CT_ENSEMBLE_URL": "ensemble-svc",
 }
-# variables our binaries read outside clap (checked to occur in the binary): the log filter, the
-# colour switch of tracing-subscriber, the ONNX Runtime library of `ort`
-NON_CLAP_ENV = {"CT_LOG", "NO_COLOR", "ORT_DYLIB_PATH"}
+# variables our binaries read outside clap (checked to occur in the binary): the log settings of
+# crates/ct-service, the ONNX Runtime library of `ort`
+NON_CLAP_ENV = {"CT_LOG", "CT_LOG_FORMAT", "CT_LOG_COLOR", "ORT_DYLIB_PATH"}
 # variables for the CUDA runtime, not for our code
 FOREIGN_ENV = {"CUDA_CACHE_PATH"}
 OVERLAYS = ["cpu", "gpu", "gpu-custom-metrics"]
