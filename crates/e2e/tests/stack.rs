@@ -281,6 +281,51 @@ async fn a_model_that_does_not_answer_in_time_fails_the_study() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_service_at_capacity_gives_429_with_retry_after() {
+    let s = stack().await;
+    // an fvlm service that admits one study at a time, with no queue
+    let config = model_server::ServerConfig { concurrency: 1, queue_depth: 0, ..model_server::ServerConfig::default() };
+    let fvlm = model_server::testing::spawn::<fvlm_svc::Fvlm>(&model_server::testing::demo_bundle("fvlm"), config).await;
+    // another client holds the only slot: its Predict stream is open and sends nothing
+    let mut other = fvlm.client().await;
+    let holder = tokio::spawn(async move { other.predict(futures::stream::pending::<ct_proto::v1::VolumeChunk>()).await });
+    let mut t = 0;
+    while model_server::testing::metric(fvlm.admin, "ct_model_in_flight").await != Some(1.0) {
+        t += 1;
+        assert!(t < 200, "the holding call was never admitted");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    // under either policy an overloaded model is not "missing": the client is told to retry
+    for policy in [gateway::MissingModelPolicy::Fail, gateway::MissingModelPolicy::Degrade] {
+        let upstreams = gateway::Upstreams { fvlm_url: format!("http://{}", fvlm.grpc), ..s.upstreams.clone() };
+        let gw = s.gateway(gateway::Config { upstreams, missing_model_policy: policy, retry_after_secs: 3, ..s.gateway_config() }).await;
+        let r = http::post_file(gw.addr, "/predict", "a.zip", &study_zip("chest_abnormal")).await;
+        let v = assert_failure(&r, 429, "overloaded", "model_overloaded", false);
+        assert!(v["error"].as_str().unwrap_or_default().contains("fvlm"), "{v}");
+        assert_eq!(r.header("retry-after"), Some("3"));
+        gw.stop().await;
+    }
+    let metrics = model_server::testing::http_get(fvlm.admin, "/metrics").await.1;
+    assert!(metrics.lines().any(|l| l.starts_with("ct_model_requests_total{outcome=\"overloaded\"") && l.ends_with(" 2")), "{metrics}");
+
+    // once the slot is free the same study goes through
+    holder.abort();
+    let upstreams = gateway::Upstreams { fvlm_url: format!("http://{}", fvlm.grpc), ..s.upstreams.clone() };
+    let gw = s.gateway(gateway::Config { upstreams, ..s.gateway_config() }).await;
+    let mut t = 0;
+    while model_server::testing::metric(fvlm.admin, "ct_model_in_flight").await != Some(0.0) {
+        t += 1;
+        assert!(t < 200, "the aborted call still holds its slot");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let r = http::post_file(gw.addr, "/predict", "a.zip", &study_zip("chest_abnormal")).await;
+    assert_eq!(assert_success(&r)["pathology"], 1);
+    gw.stop().await;
+    fvlm.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_uploads_each_get_their_own_answer() {
     let s = stack().await;
     let gw = s.gateway(gateway::Config { max_in_flight: 6, ..s.gateway_config() }).await;
