@@ -2,10 +2,13 @@
 //!
 //! Mask (per axial slice, in parallel):
 //! 1. `low` = voxels below [`AIR_HU`] (air and lung parenchyma);
-//! 2. air connected to the slice border (outside the body, and the table gap) is removed by a
-//!    4-connected flood fill from the border;
-//! 3. the remaining low-density connected regions (4-connectivity) with an area of at least
-//!    [`MIN_REGION_MM2`] are lung (this drops the trachea, small bowel gas and noise).
+//! 2. low-density regions (4-connected) that touch the slice border (air outside the body, the
+//!    table gap) are not lung;
+//! 3. the remaining low-density regions with an area of at least [`MIN_REGION_MM2`] are lung
+//!    (this drops the trachea, small bowel gas and noise).
+//!
+//! Regions are found on row runs with union-find; the test module keeps the plain flood-fill
+//! formulation as an oracle and checks both agree on random slices.
 //!
 //! Validation (celsus-reference §3.6.2, `LungValidator`): a slice is a lung slice when it has
 //! more than 1500 lung voxels; `L` is the longest run of lung slices counted with the
@@ -40,70 +43,74 @@ pub fn lung_mask(volume: &Volume) -> Array3<u8> {
     mask
 }
 
+/// One slice: 4-connected regions of voxels below [`AIR_HU`] that touch no slice border and
+/// cover at least `min_pixels` become lung (`out[p] = 1`). Works on horizontal runs of low voxels
+/// joined with union-find (runs in adjacent rows that share a column are connected): one pass
+/// over the pixels and then only over runs, instead of a per-pixel flood fill.
 fn segment_slice(hu: &[f32], ni: usize, nj: usize, min_pixels: usize, out: &mut [u8]) {
-    // 0 = dense, 1 = low (candidate), 2 = visited/outside or labelled
-    const DENSE: u8 = 0;
-    const LOW: u8 = 1;
-    const DONE: u8 = 2;
-    let mut state: Vec<u8> = hu.iter().map(|&v| if v < AIR_HU { LOW } else { DENSE }).collect();
-    let mut stack = Vec::new();
-    let push_if_low = |state: &mut [u8], stack: &mut Vec<usize>, p: usize| {
-        if state[p] == LOW {
-            state[p] = DONE;
-            stack.push(p);
-        }
-    };
-    // 1. outside air: flood from the border
-    for i in 0..ni {
-        push_if_low(&mut state, &mut stack, i);
-        push_if_low(&mut state, &mut stack, (nj - 1) * ni + i);
+    struct Run {
+        j: usize,
+        start: usize,
+        end: usize,
     }
+    let mut runs: Vec<Run> = Vec::new();
+    let mut row_first = Vec::with_capacity(nj + 1);
     for j in 0..nj {
-        push_if_low(&mut state, &mut stack, j * ni);
-        push_if_low(&mut state, &mut stack, j * ni + ni - 1);
-    }
-    flood(&mut state, &mut stack, ni, nj, LOW, DONE, |_| {});
-    // 2. inner low-density regions: label, keep the large ones
-    let mut region = Vec::new();
-    for p in 0..state.len() {
-        if state[p] != LOW {
-            continue;
-        }
-        state[p] = DONE;
-        stack.push(p);
-        region.clear();
-        flood(&mut state, &mut stack, ni, nj, LOW, DONE, |q| region.push(q));
-        if region.len() >= min_pixels {
-            for &q in &region {
-                out[q] = 1;
+        row_first.push(runs.len());
+        let row = &hu[j * ni..(j + 1) * ni];
+        let mut i = 0;
+        while i < ni {
+            if row[i] < AIR_HU {
+                let start = i;
+                while i < ni && row[i] < AIR_HU {
+                    i += 1;
+                }
+                runs.push(Run { j, start, end: i });
+            } else {
+                i += 1;
             }
         }
     }
-}
+    row_first.push(runs.len());
 
-/// Pops from `stack` until empty, marking 4-neighbours in state `from` as `to` and reporting
-/// every popped pixel to `visit`.
-fn flood(state: &mut [u8], stack: &mut Vec<usize>, ni: usize, nj: usize, from: u8, to: u8, mut visit: impl FnMut(usize)) {
-    while let Some(p) = stack.pop() {
-        visit(p);
-        let (i, j) = (p % ni, p / ni);
-        let mut go = |q: usize| {
-            if state[q] == from {
-                state[q] = to;
-                stack.push(q);
+    let mut parent: Vec<u32> = (0..runs.len() as u32).collect();
+    fn find(parent: &mut [u32], mut x: u32) -> u32 {
+        while parent[x as usize] != x {
+            parent[x as usize] = parent[parent[x as usize] as usize];
+            x = parent[x as usize];
+        }
+        x
+    }
+    for j in 1..nj {
+        let (mut a, a_end) = (row_first[j - 1], row_first[j]);
+        let (mut b, b_end) = (row_first[j], row_first[j + 1]);
+        while a < a_end && b < b_end {
+            if runs[a].start < runs[b].end && runs[b].start < runs[a].end {
+                let (ra, rb) = (find(&mut parent, a as u32), find(&mut parent, b as u32));
+                if ra != rb {
+                    parent[ra.max(rb) as usize] = ra.min(rb);
+                }
             }
-        };
-        if i > 0 {
-            go(p - 1);
+            if runs[a].end < runs[b].end {
+                a += 1;
+            } else {
+                b += 1;
+            }
         }
-        if i + 1 < ni {
-            go(p + 1);
-        }
-        if j > 0 {
-            go(p - ni);
-        }
-        if j + 1 < nj {
-            go(p + ni);
+    }
+
+    // per region: area and whether it touches the border (air outside the body, the table gap)
+    let mut area = vec![0usize; runs.len()];
+    let mut border = vec![false; runs.len()];
+    for (r, run) in runs.iter().enumerate() {
+        let root = find(&mut parent, r as u32) as usize;
+        area[root] += run.end - run.start;
+        border[root] |= run.j == 0 || run.j + 1 == nj || run.start == 0 || run.end == ni;
+    }
+    for (r, run) in runs.iter().enumerate() {
+        let root = find(&mut parent, r as u32) as usize;
+        if !border[root] && area[root] >= min_pixels {
+            out[run.j * ni + run.start..run.j * ni + run.end].fill(1);
         }
     }
 }
@@ -196,6 +203,53 @@ mod tests {
         assert_eq!(longest_segment(&f("0011")), 3); // touches the end: one long
         assert_eq!(longest_segment(&f("1111")), 4); // everything: exact
         assert_eq!(longest_segment(&f("0111011110")), 4);
+    }
+
+    /// The definition, as a plain flood fill: the oracle for [`segment_slice`].
+    fn segment_slice_flood(hu: &[f32], ni: usize, nj: usize, min_pixels: usize) -> Vec<u8> {
+        let mut out = vec![0u8; ni * nj];
+        let mut state: Vec<u8> = hu.iter().map(|&v| u8::from(v < AIR_HU)).collect(); // 1 = low, 2 = done
+        let neighbours = |p: usize| {
+            let (i, j) = (p % ni, p / ni);
+            [(i > 0).then(|| p - 1), (i + 1 < ni).then(|| p + 1), (j > 0).then(|| p - ni), (j + 1 < nj).then(|| p + ni)]
+        };
+        for p0 in 0..ni * nj {
+            if state[p0] != 1 {
+                continue;
+            }
+            state[p0] = 2;
+            let (mut stack, mut region, mut touches) = (vec![p0], Vec::new(), false);
+            while let Some(p) = stack.pop() {
+                region.push(p);
+                let (i, j) = (p % ni, p / ni);
+                touches |= i == 0 || j == 0 || i + 1 == ni || j + 1 == nj;
+                for q in neighbours(p).into_iter().flatten() {
+                    if state[q] == 1 {
+                        state[q] = 2;
+                        stack.push(q);
+                    }
+                }
+            }
+            if !touches && region.len() >= min_pixels {
+                region.iter().for_each(|&q| out[q] = 1);
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn run_segmentation_matches_the_flood_fill(
+            ni in 1usize..24,
+            nj in 1usize..24,
+            min_pixels in 1usize..12,
+            seed in proptest::collection::vec(proptest::bool::weighted(0.6), 24 * 24),
+        ) {
+            let hu: Vec<f32> = (0..ni * nj).map(|p| if seed[p] { -900.0 } else { 40.0 }).collect();
+            let mut out = vec![0u8; ni * nj];
+            segment_slice(&hu, ni, nj, min_pixels, &mut out);
+            proptest::prop_assert_eq!(out, segment_slice_flood(&hu, ni, nj, min_pixels));
+        }
     }
 
     /// A phantom: body disc of soft tissue, two lung ellipses, a trachea, outside air.
