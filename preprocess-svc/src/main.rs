@@ -9,6 +9,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// mimalloc keeps freed memory for reuse: every slice decode allocates and frees buffers of
+/// hundreds of KB, which glibc's malloc hands back to the kernel (mmap/munmap, page faults and
+/// page zeroing on every file); with mimalloc that system time is about halved.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(version, about = "Chest-CT study (ZIP/folder of DICOM, .nii, .nii.gz) -> canonical HU volume + lung mask")]
 struct Cli {
