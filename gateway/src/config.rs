@@ -23,6 +23,28 @@ impl MissingModelPolicy {
     }
 }
 
+/// How the gateway finds the replicas behind an upstream URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Discovery {
+    /// One lazily connected HTTP/2 connection per URL (compose, a single replica per service,
+    /// or a Kubernetes ClusterIP Service: every request of this gateway goes to the replica the
+    /// connection landed on).
+    Static,
+    /// Resolve each URL's host name at start and every `CT_UPSTREAM_RESOLVE_INTERVAL`, keep one
+    /// connection per resolved address and spread the calls over them (Kubernetes headless
+    /// Services: one address per ready pod).
+    Dns,
+}
+
+impl Discovery {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Discovery::Static => "static",
+            Discovery::Dns => "dns",
+        }
+    }
+}
+
 /// The gRPC addresses of the seven upstream services.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Upstreams {
@@ -120,6 +142,13 @@ pub struct Config {
     /// Time to open a connection to an upstream service.
     #[arg(long, env = "CT_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+    /// How upstream replicas are found: static (one connection per URL) or dns (every address the
+    /// URL's host resolves to, re-resolved periodically; calls spread over them).
+    #[arg(long, env = "CT_UPSTREAM_DISCOVERY", value_enum, default_value = "static")]
+    pub upstream_discovery: Discovery,
+    /// With dns discovery: how often each upstream host name is resolved again, e.g. 10s.
+    #[arg(long, env = "CT_UPSTREAM_RESOLVE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub upstream_resolve_interval: Duration,
     /// How often /ready re-checks the upstreams' grpc.health.v1.
     #[arg(long, env = "CT_HEALTH_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub health_interval: Duration,
@@ -142,6 +171,8 @@ impl Default for Config {
             missing_model_policy: MissingModelPolicy::Fail,
             model_timeout: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(5),
+            upstream_discovery: Discovery::Static,
+            upstream_resolve_interval: Duration::from_secs(10),
             health_interval: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(30),
         }
@@ -168,6 +199,7 @@ impl Config {
             ("CT_MODEL_TIMEOUT", self.model_timeout),
             ("CT_CONNECT_TIMEOUT", self.connect_timeout),
             ("CT_HEALTH_INTERVAL", self.health_interval),
+            ("CT_UPSTREAM_RESOLVE_INTERVAL", self.upstream_resolve_interval),
         ] {
             if d.is_zero() {
                 return Err(format!("{name} must be longer than 0"));
@@ -235,6 +267,7 @@ mod tests {
         c.upstreams.fvlm_url = "127.0.0.1:50056".into();
         assert!(c.validate().unwrap_err().contains("fvlm"));
         assert!(Config { max_in_flight: 0, ..Config::default() }.validate().is_err());
+        assert!(Config { upstream_resolve_interval: Duration::ZERO, ..Config::default() }.validate().unwrap_err().contains("CT_UPSTREAM_RESOLVE_INTERVAL"));
     }
 
     #[test]

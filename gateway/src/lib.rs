@@ -13,7 +13,8 @@
 //!   `/openapi.json`), admission (429 + Retry-After) and the deadline (504).
 //! - [`pipeline`]: the streaming orchestration of one study.
 //! - [`error`]: the error taxonomy and its mappings (upstream `error_type` -> class -> HTTP).
-//! - [`upstream`]: gRPC clients and the health poller behind the admin `/ready`.
+//! - [`upstream`]: gRPC clients (one connection per URL, or balanced over the addresses a name
+//!   resolves to: `CT_UPSTREAM_DISCOVERY`) and the health poller behind the admin `/ready`.
 //! - [`config`]: flags / `CT_*` variables.
 //!
 //! Entry point: [`run`] (already-bound listeners + one [`Config`] + a shutdown signal); the
@@ -28,7 +29,7 @@ pub mod pipeline;
 pub mod request_id;
 pub mod upstream;
 
-pub use config::{Config, MissingModelPolicy, Upstreams};
+pub use config::{Config, Discovery, MissingModelPolicy, Upstreams};
 
 use anyhow::Context;
 use std::sync::Arc;
@@ -38,9 +39,15 @@ use tokio::net::TcpListener;
 /// `/upstreams`) on `admin` until `shutdown`; then stops taking connections and waits for the
 /// studies in flight, at most `config.shutdown_grace`.
 pub async fn run(config: Config, http: TcpListener, admin: TcpListener, shutdown: ct_service::Shutdown) -> anyhow::Result<()> {
+    run_with_resolver(config, http, admin, shutdown, upstream::system_resolver()).await
+}
+
+/// [`run`] with the host-name resolver of `dns` discovery given (tests: several local servers
+/// behind one upstream name).
+pub async fn run_with_resolver(config: Config, http: TcpListener, admin: TcpListener, shutdown: ct_service::Shutdown, resolver: upstream::Resolver) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg).context("invalid configuration")?;
     let metrics = metrics::Metrics::new().context("registering metrics")?;
-    let clients = upstream::Clients::new(&config).context("creating the upstream clients")?;
+    let (clients, resolvers) = upstream::Clients::new(&config, &metrics, resolver, &shutdown).context("creating the upstream clients")?;
 
     let readiness = ct_service::Readiness::default();
     let board = upstream::HealthBoard::default();
@@ -62,6 +69,7 @@ pub async fn run(config: Config, http: TcpListener, admin: TcpListener, shutdown
         addr = %http.local_addr()?,
         admin = %admin_addr,
         policy = config.missing_model_policy.as_str(),
+        discovery = config.upstream_discovery.as_str(),
         max_in_flight = config.max_in_flight,
         queue_depth = config.queue_depth,
         max_body_bytes = config.max_body_bytes,
@@ -85,5 +93,6 @@ pub async fn run(config: Config, http: TcpListener, admin: TcpListener, shutdown
     }
     admin_task.await.context("admin server task")?.context("admin server")?;
     let _ = poller.await;
+    resolvers.join().await;
     Ok(())
 }

@@ -24,6 +24,9 @@ pub struct Metrics {
     pub queued: IntGauge,
     /// `ct_gateway_upstream_up{upstream}`: 1 when its grpc.health.v1 says SERVING.
     pub upstream_up: IntGaugeVec,
+    /// `ct_gateway_upstream_endpoints{upstream}`: addresses the gateway spreads an upstream's
+    /// calls over (`dns` discovery: the resolved addresses; `static`: 1, the URL).
+    pub upstream_endpoints: IntGaugeVec,
     /// `ct_gateway_upload_bytes`: size of accepted uploads.
     pub upload_bytes: Histogram,
 }
@@ -40,6 +43,10 @@ impl Metrics {
         let in_flight = IntGauge::new("ct_gateway_in_flight", "Studies being processed")?;
         let queued = IntGauge::new("ct_gateway_queued", "Studies waiting for a processing slot")?;
         let upstream_up = IntGaugeVec::new(Opts::new("ct_gateway_upstream_up", "1 when the upstream's grpc.health.v1 reports SERVING"), &["upstream"])?;
+        let upstream_endpoints = IntGaugeVec::new(
+            Opts::new("ct_gateway_upstream_endpoints", "Addresses an upstream's calls are spread over (dns discovery: resolved addresses; static: 1)"),
+            &["upstream"],
+        )?;
         let upload_bytes = Histogram::with_opts(
             HistogramOpts::new("ct_gateway_upload_bytes", "Size of uploaded studies, bytes").buckets(prometheus::exponential_buckets(1024.0 * 1024.0, 2.0, 12)?),
         )?;
@@ -51,7 +58,8 @@ impl Metrics {
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(queued.clone()))?;
         registry.register(Box::new(upstream_up.clone()))?;
+        registry.register(Box::new(upstream_endpoints.clone()))?;
         registry.register(Box::new(upload_bytes.clone()))?;
-        Ok(Self { registry, requests, errors, stages, model_seconds, missing_models, in_flight, queued, upstream_up, upload_bytes })
+        Ok(Self { registry, requests, errors, stages, model_seconds, missing_models, in_flight, queued, upstream_up, upstream_endpoints, upload_bytes })
     }
 }
