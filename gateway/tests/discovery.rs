@@ -21,6 +21,7 @@ const SERVICES: [&str; 3] = ["ct.v1.PreprocessService", "ct.v1.ModelService", "c
 struct Replica {
     addr: SocketAddr,
     calls: Arc<AtomicUsize>,
+    reporter: tonic_health::server::HealthReporter,
     stop: ct_service::Shutdown,
 }
 
@@ -41,7 +42,7 @@ impl Replica {
         let stop = ct_service::Shutdown::new();
         let router = tonic::transport::Server::builder().add_service(counted);
         tokio::spawn(ct_service::serve_grpc(listener, router, stop.wait()));
-        Self { addr, calls, stop }
+        Self { addr, calls, reporter, stop }
     }
 
     fn calls(&self) -> usize {
@@ -115,10 +116,28 @@ async fn the_balanced_channel_spreads_calls_and_follows_the_resolved_addresses()
     assert_eq!(a.calls() + b.calls(), 40);
     assert!(a.calls() > 0 && b.calls() > 0, "calls per replica: {} and {}", a.calls(), b.calls());
 
-    // b disappears from the answer: it gets nothing more
+    // a call in flight on b (a Watch stream) when b disappears from the answer
+    let mut on_b = None;
+    for _ in 0..100 {
+        let before = b.calls();
+        let mut stream = client.watch(HealthCheckRequest { service: "ct.v1.ModelService".into() }).await.expect("watch").into_inner();
+        assert_eq!(stream.message().await.expect("first status").expect("status").status, ServingStatus::Serving as i32);
+        if b.calls() > before {
+            on_b = Some(stream);
+            break;
+        }
+    }
+    let mut on_b = on_b.expect("a watch landed on b");
+
+    // b disappears from the answer: it gets no new call, the one in flight goes on
     answer.set(Ok(vec![a.addr]));
     eventually("b removed", Duration::from_secs(3), || up.endpoints.snapshot() == [a.addr.to_string()]).await;
     assert_eq!(gauge.get(), 1);
+    check(&mut client).await; // the balancer applies the removal
+    b.reporter.set_service_status("ct.v1.ModelService", tonic_health::ServingStatus::NotServing).await;
+    let next = tokio::time::timeout(Duration::from_secs(5), on_b.message()).await.expect("in time").expect("stream alive").expect("a status");
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    b.reporter.set_service_status("ct.v1.ModelService", tonic_health::ServingStatus::Serving).await;
     let (a0, b0) = (a.calls(), b.calls());
     for _ in 0..20 {
         check(&mut client).await;
