@@ -80,10 +80,15 @@ fn main() -> ExitCode {
         }
         Command::Inspect { input, cfg } => report(prepare_path(&input, &cfg).map(|p| inspect_json(&p))),
         Command::Tensor { recipe: Recipe::Ctclip, input, out, cfg } => report(prepare_path(&input, &cfg).and_then(|p| {
-            let t = ct_volume::ctclip_tensor(&p.volume)?;
-            let f = std::fs::File::create(&out).map_err(|e| PrepError::Internal(format!("create {}: {e}", out.display())))?;
-            ct_volume::npy::write_f32(std::io::BufWriter::with_capacity(1 << 20, f), &ct_volume::CTCLIP_SHAPE, &t)
-                .map_err(|e| PrepError::Internal(format!("write {}: {e}", out.display())))?;
+            // streamed in blocks of 24 planes (22 MB): the 221 MB tensor is never held whole
+            let io_err = |e: std::io::Error| PrepError::Internal(format!("write {}: {e}", out.display()));
+            let f = std::fs::File::create(&out).map_err(io_err)?;
+            let mut npy = ct_volume::npy::NpyWriter::new(std::io::BufWriter::with_capacity(1 << 20, f), &ct_volume::CTCLIP_SHAPE).map_err(io_err)?;
+            ct_volume::ctclip_tensor_blocks(&p.volume, 24, |block| npy.write(block)).map_err(|e| match e {
+                ct_volume::CtclipBlocksError::Recipe(e) => PrepError::from(e),
+                ct_volume::CtclipBlocksError::Sink(e) => io_err(e),
+            })?;
+            npy.finish().map_err(io_err)?;
             let mut j = inspect_json(&p);
             j["tensor"] = json!({"recipe": "ctclip", "shape": ct_volume::CTCLIP_SHAPE, "out": out});
             Ok(j)

@@ -14,7 +14,7 @@ pub mod recipe;
 mod volume;
 
 pub use lung::{LungStats, LungValidation, lung_mask, validate_lungs};
-pub use recipe::ctclip::{CTCLIP_INPUT_SHAPE, CTCLIP_SHAPE, CtclipError, ctclip_tensor};
+pub use recipe::ctclip::{CTCLIP_INPUT_SHAPE, CTCLIP_SHAPE, CtclipBlocksError, CtclipError, ctclip_tensor, ctclip_tensor_blocks};
 pub use recipe::diffusion::{DiffusionError, DiffusionParams, diffusion_slices};
 pub use recipe::fvlm::{FvlmError, FvlmOrganBox, FvlmOrganInput, FvlmParams, FvlmPlan, FvlmRoi, fvlm_inputs, fvlm_organ_input, fvlm_plan};
 pub use recipe::mednext::{MEDNEXT_ROI, MednextError, MednextParams, mednext_resampled_clipped, mednext_tensor, to_f16_bits};

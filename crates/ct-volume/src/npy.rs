@@ -18,22 +18,50 @@ fn header(shape: &[usize]) -> Vec<u8> {
 }
 
 /// Writes `data` (C order, `shape`) as a little-endian f32 `.npy`.
-pub fn write_f32<W: Write>(mut w: W, shape: &[usize], data: &[f32]) -> io::Result<()> {
-    let n: usize = shape.iter().product();
-    if n != data.len() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("shape {shape:?} holds {n} values, data has {}", data.len())));
+pub fn write_f32<W: Write>(w: W, shape: &[usize], data: &[f32]) -> io::Result<()> {
+    let mut npy = NpyWriter::new(w, shape)?;
+    npy.write(data)?;
+    npy.finish()
+}
+
+/// A little-endian f32 `.npy` written in pieces: the header first, then the values in C order,
+/// in as many [`NpyWriter::write`] calls as convenient; [`NpyWriter::finish`] checks the count.
+pub struct NpyWriter<W: Write> {
+    w: W,
+    expected: usize,
+    written: usize,
+    buf: Vec<u8>,
+}
+
+impl<W: Write> NpyWriter<W> {
+    pub fn new(mut w: W, shape: &[usize]) -> io::Result<Self> {
+        w.write_all(&header(shape))?;
+        Ok(Self { w, expected: shape.iter().product(), written: 0, buf: Vec::new() })
     }
-    w.write_all(&header(shape))?;
-    const CHUNK: usize = 1 << 16;
-    let mut buf = Vec::with_capacity(CHUNK * 4);
-    for part in data.chunks(CHUNK) {
-        buf.clear();
-        for v in part {
-            buf.extend_from_slice(&v.to_le_bytes());
+
+    pub fn write(&mut self, values: &[f32]) -> io::Result<()> {
+        if self.written + values.len() > self.expected {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("more than the {} values of the shape", self.expected)));
         }
-        w.write_all(&buf)?;
+        self.written += values.len();
+        if cfg!(target_endian = "little") {
+            return self.w.write_all(bytemuck::cast_slice(values));
+        }
+        const CHUNK: usize = 1 << 16;
+        for part in values.chunks(CHUNK) {
+            self.buf.clear();
+            self.buf.extend(part.iter().flat_map(|v| v.to_le_bytes()));
+            self.w.write_all(&self.buf)?;
+        }
+        Ok(())
     }
-    w.flush()
+
+    pub fn finish(mut self) -> io::Result<()> {
+        if self.written != self.expected {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("the shape holds {} values, {} were written", self.expected, self.written)));
+        }
+        self.w.flush()
+    }
 }
 
 /// Reads a little-endian f32 C-order `.npy` written by numpy or [`write_f32`].
@@ -85,5 +113,23 @@ mod tests {
     #[test]
     fn rejects_wrong_length() {
         assert!(super::write_f32(Vec::new(), &[2, 2], &[1.0]).is_err());
+        assert!(super::write_f32(Vec::new(), &[2, 2], &[1.0; 5]).is_err());
+    }
+
+    #[test]
+    fn pieces_write_the_same_file_as_one_call() {
+        let data: Vec<f32> = (0..60).map(|v| v as f32 * -0.25 + 1e-3).collect();
+        let mut whole = Vec::new();
+        super::write_f32(&mut whole, &[3, 4, 5], &data).unwrap();
+        let mut pieces = Vec::new();
+        let mut w = super::NpyWriter::new(&mut pieces, &[3, 4, 5]).unwrap();
+        for part in data.chunks(7) {
+            w.write(part).unwrap();
+        }
+        w.finish().unwrap();
+        assert_eq!(pieces, whole);
+        // little-endian on the wire
+        let first = whole.len() - 60 * 4;
+        assert_eq!(&whole[first..first + 4], &data[0].to_le_bytes());
     }
 }

@@ -58,57 +58,109 @@ impl AxisPlan {
 
 /// Builds the `[1, 240, 480, 480]` tensor (C order) from a canonical volume.
 pub fn ctclip_tensor(volume: &Volume) -> Result<Vec<f32>, CtclipError> {
-    let [ni, nj, nk] = volume.dims();
-    let [sd, sh, sw] = resampled_size(volume);
-    for (axis, size, input) in [("D", sd, nk), ("H", sh, ni), ("W", sw, nj)] {
-        if size == 0 {
-            return Err(CtclipError::ZeroSize { axis, input });
-        }
-    }
-    if sd < MIN_RESAMPLED_SLICES {
-        return Err(CtclipError::TooFewSlices { found: sd, min: MIN_RESAMPLED_SLICES });
-    }
+    let plan = CtclipPlan::new(volume)?;
     let [_, td, th, tw] = CTCLIP_SHAPE;
-    let pd = AxisPlan::new(nk, sd, td);
-    let ph = AxisPlan::new(ni, sh, th);
-    let pw = AxisPlan::new(nj, sw, tw);
-    let (kh, kw) = (ph.taps.len(), pw.taps.len());
+    let mut out = vec![PAD; td * th * tw];
+    plan.fill_planes(volume, 0, &mut out);
+    Ok(out)
+}
 
-    let plane_len = th * tw;
-    let mut out = vec![PAD; td * plane_len];
-    let first = pd.crop.pad_before;
-    let interior = &mut out[first * plane_len..(first + pd.taps.len()) * plane_len];
-    let threads = rayon::current_num_threads().max(1);
-    let block = pd.taps.len().div_ceil(threads * 4).max(1);
+/// Streams the tensor to `sink` in consecutive blocks of at most `block_planes` output planes
+/// (`[D]` slices of 480 x 480), in order: the same values as [`ctclip_tensor`] without holding
+/// the whole 221 MB tensor (the CLI writes it to a file this way).
+pub fn ctclip_tensor_blocks<E>(volume: &Volume, block_planes: usize, mut sink: impl FnMut(&[f32]) -> Result<(), E>) -> Result<(), CtclipBlocksError<E>> {
+    let plan = CtclipPlan::new(volume).map_err(CtclipBlocksError::Recipe)?;
+    let [_, td, th, tw] = CTCLIP_SHAPE;
+    let block_planes = block_planes.clamp(1, td);
+    let mut buf = vec![PAD; block_planes * th * tw];
+    for d0 in (0..td).step_by(block_planes) {
+        let n = block_planes.min(td - d0);
+        let block = &mut buf[..n * th * tw];
+        block.fill(PAD);
+        plan.fill_planes(volume, d0, block);
+        sink(block).map_err(CtclipBlocksError::Sink)?;
+    }
+    Ok(())
+}
 
-    interior.par_chunks_mut(plane_len * block).enumerate().for_each(|(b, chunk)| {
-        let mut slice_buf = vec![0f32; ni * nj];
-        let mut tmp = vec![0f32; kw * ni];
-        // two most recent in-plane resampled source slices: (k, [kh * kw])
-        let mut cache: [(usize, Vec<f32>); 2] = [(usize::MAX, vec![0f32; kh * kw]), (usize::MAX, vec![0f32; kh * kw])];
-        for (p, plane) in chunk.chunks_mut(plane_len).enumerate() {
-            let tap = pd.taps[b * block + p];
-            for k in [tap.i0, tap.i1] {
-                if cache[0].0 != k && cache[1].0 != k {
-                    // evict the older entry (slot 1), keep slot 0 = newest
-                    cache.swap(0, 1);
-                    cache[0].0 = k;
-                    volume.slice_f32(k, &mut slice_buf);
-                    in_plane(&slice_buf, ni, &pw.taps, &ph.taps, &mut tmp, &mut cache[0].1);
-                }
-            }
-            let a = if cache[0].0 == tap.i0 { &cache[0].1 } else { &cache[1].1 };
-            let c = if cache[0].0 == tap.i1 { &cache[0].1 } else { &cache[1].1 };
-            for h in 0..kh {
-                let row = &mut plane[(ph.crop.pad_before + h) * tw + pw.crop.pad_before..][..kw];
-                let (ra, rc) = (&a[h * kw..(h + 1) * kw], &c[h * kw..(h + 1) * kw]);
-                for ((o, &x0), &x1) in row.iter_mut().zip(ra).zip(rc) {
-                    *o = (x0 * tap.w0 + x1 * tap.w1) / 1000.0;
-                }
+#[derive(Debug, thiserror::Error)]
+pub enum CtclipBlocksError<E> {
+    #[error(transparent)]
+    Recipe(CtclipError),
+    #[error("writing the tensor: {0}")]
+    Sink(E),
+}
+
+/// The resampling plan of one volume: per axis, the crop/pad and the taps of the kept samples.
+struct CtclipPlan {
+    pd: AxisPlan,
+    ph: AxisPlan,
+    pw: AxisPlan,
+}
+
+impl CtclipPlan {
+    fn new(volume: &Volume) -> Result<Self, CtclipError> {
+        let [ni, nj, nk] = volume.dims();
+        let [sd, sh, sw] = resampled_size(volume);
+        for (axis, size, input) in [("D", sd, nk), ("H", sh, ni), ("W", sw, nj)] {
+            if size == 0 {
+                return Err(CtclipError::ZeroSize { axis, input });
             }
         }
-    });
-    Ok(out)
+        if sd < MIN_RESAMPLED_SLICES {
+            return Err(CtclipError::TooFewSlices { found: sd, min: MIN_RESAMPLED_SLICES });
+        }
+        let [_, td, th, tw] = CTCLIP_SHAPE;
+        Ok(Self { pd: AxisPlan::new(nk, sd, td), ph: AxisPlan::new(ni, sh, th), pw: AxisPlan::new(nj, sw, tw) })
+    }
+
+    /// Fills output planes `d0..d0 + out.len() / plane` into `out`, which must hold PAD already
+    /// (only the kept samples are written).
+    fn fill_planes(&self, volume: &Volume, d0: usize, out: &mut [f32]) {
+        let [ni, nj, _] = volume.dims();
+        let [_, _, th, tw] = CTCLIP_SHAPE;
+        let (pd, ph, pw) = (&self.pd, &self.ph, &self.pw);
+        let (kh, kw) = (ph.taps.len(), pw.taps.len());
+        let plane_len = th * tw;
+        // the planes of this range that are not D padding
+        let n_planes = out.len() / plane_len;
+        let first = pd.crop.pad_before.max(d0);
+        let last = (pd.crop.pad_before + pd.taps.len()).min(d0 + n_planes);
+        if first >= last {
+            return;
+        }
+        let interior = &mut out[(first - d0) * plane_len..(last - d0) * plane_len];
+        let threads = rayon::current_num_threads().max(1);
+        let block = (last - first).div_ceil(threads * 4).max(1);
+
+        interior.par_chunks_mut(plane_len * block).enumerate().for_each(|(b, chunk)| {
+            let mut slice_buf = vec![0f32; ni * nj];
+            let mut tmp = vec![0f32; kw * ni];
+            // two most recent in-plane resampled source slices: (k, [kh * kw])
+            let mut cache: [(usize, Vec<f32>); 2] = [(usize::MAX, vec![0f32; kh * kw]), (usize::MAX, vec![0f32; kh * kw])];
+            for (p, plane) in chunk.chunks_mut(plane_len).enumerate() {
+                let tap = pd.taps[first - pd.crop.pad_before + b * block + p];
+                for k in [tap.i0, tap.i1] {
+                    if cache[0].0 != k && cache[1].0 != k {
+                        // evict the older entry (slot 1), keep slot 0 = newest
+                        cache.swap(0, 1);
+                        cache[0].0 = k;
+                        volume.slice_f32(k, &mut slice_buf);
+                        in_plane(&slice_buf, ni, &pw.taps, &ph.taps, &mut tmp, &mut cache[0].1);
+                    }
+                }
+                let a = if cache[0].0 == tap.i0 { &cache[0].1 } else { &cache[1].1 };
+                let c = if cache[0].0 == tap.i1 { &cache[0].1 } else { &cache[1].1 };
+                for h in 0..kh {
+                    let row = &mut plane[(ph.crop.pad_before + h) * tw + pw.crop.pad_before..][..kw];
+                    let (ra, rc) = (&a[h * kw..(h + 1) * kw], &c[h * kw..(h + 1) * kw]);
+                    for ((o, &x0), &x1) in row.iter_mut().zip(ra).zip(rc) {
+                        *o = (x0 * tap.w0 + x1 * tap.w1) / 1000.0;
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// Clips one source slice (`[j][i]`, HU) and resamples it along W (= j) then H (= i) into
@@ -202,6 +254,34 @@ mod tests {
         let t = ctclip_tensor(&vol).unwrap();
         assert!(t.iter().all(|v| (-1.0..=1.0).contains(v)));
         assert!(t.contains(&1.0));
+    }
+
+    #[test]
+    fn blocks_stream_the_same_tensor() {
+        // D interior starts and ends inside blocks of every size tried (padding planes on both sides)
+        let vol = volume(70, 9, 11, [0.9, 1.1, 1.0], |k, j, i| ((k * 31 + j * 7 + i * 3) % 1800) as i16 - 900);
+        let whole = ctclip_tensor(&vol).unwrap();
+        for block in [1, 7, 48, 240, 1000] {
+            let mut streamed = Vec::new();
+            let mut sizes = Vec::new();
+            ctclip_tensor_blocks(&vol, block, |b: &[f32]| -> Result<(), ()> {
+                sizes.push(b.len() / (480 * 480));
+                streamed.extend_from_slice(b);
+                Ok(())
+            })
+            .unwrap();
+            assert!(sizes.iter().all(|&n| n <= block.min(240)), "block {block}: {sizes:?}");
+            assert!(streamed == whole, "block {block}: streamed tensor differs");
+        }
+        // a failing sink stops the stream with its error
+        let mut calls = 0;
+        let r = ctclip_tensor_blocks(&vol, 48, |_: &[f32]| {
+            calls += 1;
+            Err("disk full")
+        });
+        assert!(matches!(r, Err(CtclipBlocksError::Sink("disk full"))) && calls == 1);
+        let short = volume(10, 8, 8, [0.75, 0.75, 1.5], |_, _, _| 0);
+        assert!(matches!(ctclip_tensor_blocks(&short, 48, |_: &[f32]| Ok::<(), ()>(())), Err(CtclipBlocksError::Recipe(CtclipError::TooFewSlices { .. }))));
     }
 
     #[test]
