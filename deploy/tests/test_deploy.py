@@ -42,6 +42,9 @@ GATEWAY_URL_ENV = {
     **{f"CT_{m.upper()}_URL": f"{m}-svc" for m in MODELS},
     "CT_ENSEMBLE_URL": "ensemble-svc",
 }
+# Kubernetes: the gateway dials a headless twin of each upstream's Service (one address per ready
+# pod) and balances over the addresses itself (CT_UPSTREAM_DISCOVERY=dns)
+HEADLESS = {s: f"{s}-headless" for s in GATEWAY_URL_ENV.values()}
 # variables our binaries read outside clap (checked to occur in the binary): the log settings of
 # crates/ct-service, the ONNX Runtime library of `ort`
 NON_CLAP_ENV = {"CT_LOG", "CT_LOG_FORMAT", "CT_LOG_COLOR", "ORT_DYLIB_PATH"}
@@ -317,16 +320,40 @@ class Binaries(unittest.TestCase):
         ports = binary_ports()
         for overlay in OVERLAYS:
             svcs = objects(overlay, "Service")
-            env = container_env(overlay, main_container(objects(overlay, "Deployment")["gateway"]))
+            deps = objects(overlay, "Deployment")
+            env = container_env(overlay, main_container(deps["gateway"]))
             for var, s in GATEWAY_URL_ENV.items():
                 u = urlparse(env[var])
-                self.assertEqual((u.scheme, u.hostname, u.port), ("http", s, ports[s][0]), f"{overlay} {var}")
-                grpc = {p["name"]: p["port"] for p in svcs[s]["spec"]["ports"]}["grpc"]
-                self.assertEqual(grpc, ports[s][0], f"{overlay} Service {s} grpc port")
+                self.assertEqual((u.scheme, u.hostname, u.port), ("http", HEADLESS[s], ports[s][0]), f"{overlay} {var}")
+                for name in (s, HEADLESS[s]):
+                    grpc = {p["name"]: p["port"] for p in svcs[name]["spec"]["ports"]}["grpc"]
+                    self.assertEqual(grpc, ports[s][0], f"{overlay} Service {name} grpc port")
+                # a headless Service maps no port: the gateway dials <pod IP>:<URL port>
+                container_ports = {p["name"]: p["containerPort"] for p in main_container(deps[s])["ports"]}
+                self.assertEqual(container_ports["grpc"], u.port, f"{overlay} {var}: the container's grpc port")
         env = compose()["services"]["gateway"]["environment"]
         for var, s in GATEWAY_URL_ENV.items():
             u = urlparse(env[var])
             self.assertEqual((u.scheme, u.hostname, u.port), ("http", s, ports[s][0]), f"compose {var}")
+
+    def test_gateway_balances_over_ready_pods_in_kubernetes_and_not_in_compose(self):
+        for overlay in OVERLAYS:
+            svcs = objects(overlay, "Service")
+            deps = objects(overlay, "Deployment")
+            env = container_env(overlay, main_container(deps["gateway"]))
+            self.assertEqual(env.get("CT_UPSTREAM_DISCOVERY"), "dns", f"{overlay}: the gateway resolves its upstreams")
+            for var, s in GATEWAY_URL_ENV.items():
+                # every upstream the gateway dials is a headless Service of that upstream's ready pods
+                host = urlparse(env[var]).hostname
+                self.assertIn(host, svcs, f"{overlay} {var}: no Service {host}")
+                spec = svcs[host]["spec"]
+                self.assertEqual(spec.get("clusterIP"), "None", f"{overlay} Service {host} is headless")
+                self.assertIsNot(spec.get("publishNotReadyAddresses"), True, f"{overlay} Service {host}: ready pods only")
+                self.assertEqual(spec["selector"], svcs[s]["spec"]["selector"], f"{overlay} Service {host}: the pods of {s}")
+                self.assertLessEqual(spec["selector"].items(), deps[s]["spec"]["template"]["metadata"]["labels"].items(), f"{overlay} {host}")
+        env = compose()["services"]["gateway"]["environment"]
+        self.assertEqual(env.get("CT_UPSTREAM_DISCOVERY", "static"), "static", "compose: one replica per service, one connection each")
+        self.assertEqual(help_of("gateway").env["CT_UPSTREAM_DISCOVERY"]["default"], "static")
 
     def test_env_files_document_every_departure_from_the_binary_defaults(self):
         files = {
@@ -387,15 +414,16 @@ class Kubernetes(unittest.TestCase):
         for overlay in OVERLAYS:
             deps, svcs, pdbs = (objects(overlay, k) for k in ("Deployment", "Service", "PodDisruptionBudget"))
             self.assertEqual(set(deps), set(SERVICES), overlay)
-            self.assertEqual(set(svcs), set(SERVICES), overlay)
+            self.assertEqual(set(svcs), set(SERVICES) | set(HEADLESS.values()), overlay)
             for s in SERVICES:
                 labels = deps[s]["spec"]["template"]["metadata"]["labels"]
                 sel = deps[s]["spec"]["selector"]["matchLabels"]
                 self.assertLessEqual(sel.items(), labels.items(), f"{overlay} {s} selector")
-                self.assertLessEqual(svcs[s]["spec"]["selector"].items(), labels.items(), f"{overlay} Service {s}")
                 port_names = {p["name"] for p in main_container(deps[s])["ports"]}
-                for p in svcs[s]["spec"]["ports"]:
-                    self.assertIn(p["targetPort"], port_names, f"{overlay} Service {s} targetPort")
+                for name in [s] + ([HEADLESS[s]] if s in HEADLESS else []):
+                    self.assertLessEqual(svcs[name]["spec"]["selector"].items(), labels.items(), f"{overlay} Service {name}")
+                    for p in svcs[name]["spec"]["ports"]:
+                        self.assertIn(p["targetPort"], port_names, f"{overlay} Service {name} targetPort")
                 covering = [p for p in pdbs.values() if p["spec"]["selector"]["matchLabels"].items() <= labels.items()]
                 self.assertEqual(len(covering), 1, f"{overlay} {s}: exactly one PodDisruptionBudget")
 
