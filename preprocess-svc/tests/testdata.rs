@@ -125,3 +125,21 @@ fn files_without_file_meta_are_read_with_a_guessed_encoding() {
     decode_frames(&obj, |_, v| n += v.len()).unwrap();
     assert_eq!(n, 128 * 128);
 }
+
+#[test]
+fn elements_written_as_vr_un_are_read_with_their_dictionary_vr() {
+    // a real TCIA CT whose converter wrote almost every element with VR UN (gdcmconv bug):
+    // UIDs, Modality, PixelSpacing and the pixel module must still be read
+    let path = testdata().join("edge/pydicom-data_explicit_VR-UN.dcm");
+    let cfg = PrepareConfig { min_slices: 1, skip_lung_validation: true, ..PrepareConfig::default() };
+    let p = prepare_path(&path, &cfg).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.meta.modality, "CT");
+    assert_eq!(p.meta.study_uid, "1.2.826.0.1.3680043.2.1125.1.38381854871216336385978062044218957");
+    assert_eq!(p.volume.dims(), [512, 512, 1]);
+    assert_eq!(&p.volume.geometry().spacing_mm[..2], &[0.859375, 0.859375]);
+    // the same file through the header reader: typed values, not byte lists
+    let mut f = std::fs::File::open(&path).unwrap();
+    let h = preprocess_svc::dicom::header(&read_object(&mut f, true).unwrap()).unwrap();
+    assert_eq!((h.rows, h.cols, h.modality.as_str()), (512, 512, "CT"));
+    assert!(h.frame_info[0].ipp.is_some() && h.frame_info[0].iop.is_some(), "{:?}", h.frame_info[0]);
+}

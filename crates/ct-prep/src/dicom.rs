@@ -68,6 +68,69 @@ pub enum ReadFailure {
 }
 
 const PREFIX: usize = 132;
+const EXPLICIT_VR_BIG_ENDIAN: &str = "1.2.840.10008.1.2.2";
+
+/// Gives standard elements stored with VR UN their dictionary VR, parsing the raw bytes.
+///
+/// Some converters (a known gdcmconv bug; `explicit_VR-UN.dcm` in pydicom's test data) write
+/// almost every element of an explicit-VR file as UN, so Modality reads as bytes and Rows or
+/// PixelSpacing not at all. PS3.5 §6.2.2: a UN value holds the bytes of the value in the
+/// transfer syntax's byte order, so it can be read again with the VR the dictionary gives.
+/// Elements with no exact dictionary VR, sequences and binary blobs are left as they are.
+fn reinterpret_un(obj: &mut InMemDicomObject, little_endian: bool) {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+    use dicom_core::header::Header;
+    use dicom_core::{DataElement, VR};
+    use dicom_dictionary_std::StandardDataDictionary;
+    let found: Vec<(Tag, VR, Vec<u8>)> = obj
+        .iter()
+        .filter(|e| e.vr() == VR::UN && e.tag() != tags::PIXEL_DATA)
+        .filter_map(|e| {
+            let vr = StandardDataDictionary.by_tag(e.tag())?.vr().exact()?;
+            Some((e.tag(), vr, e.to_bytes().ok()?.into_owned()))
+        })
+        .collect();
+    for (tag, vr, bytes) in found {
+        if let Some(value) = primitive_from_un(vr, &bytes, little_endian) {
+            obj.put(DataElement::new(tag, vr, value));
+        }
+    }
+}
+
+/// The value of `bytes` read as `vr`; `None` for VRs not handled here or malformed lengths.
+fn primitive_from_un(vr: dicom_core::VR, bytes: &[u8], little_endian: bool) -> Option<dicom_core::PrimitiveValue> {
+    use dicom_core::{PrimitiveValue as P, VR};
+    fn nums<const N: usize, T>(b: &[u8], le: bool, f: impl Fn([u8; N]) -> T) -> Option<dicom_core::smallvec::SmallVec<[T; 2]>> {
+        if b.len() % N != 0 {
+            return None;
+        }
+        Some(
+            b.chunks_exact(N)
+                .map(|c| {
+                    let mut a: [u8; N] = c.try_into().expect("chunks of N");
+                    if !le {
+                        a.reverse();
+                    }
+                    f(a)
+                })
+                .collect(),
+        )
+    }
+    let text = || String::from_utf8_lossy(bytes).trim_end_matches(['\0', ' ']).to_string();
+    Some(match vr {
+        VR::AE | VR::AS | VR::CS | VR::DA | VR::DS | VR::DT | VR::IS | VR::LO | VR::PN | VR::SH | VR::TM | VR::UC | VR::UI => {
+            P::Strs(text().split('\\').map(|v| v.trim_matches(['\0', ' ']).to_string()).collect())
+        }
+        VR::LT | VR::ST | VR::UT | VR::UR => P::Str(text()),
+        VR::US => P::U16(nums(bytes, little_endian, u16::from_le_bytes)?),
+        VR::SS => P::I16(nums(bytes, little_endian, i16::from_le_bytes)?),
+        VR::UL => P::U32(nums(bytes, little_endian, u32::from_le_bytes)?),
+        VR::SL => P::I32(nums(bytes, little_endian, i32::from_le_bytes)?),
+        VR::FL => P::F32(nums(bytes, little_endian, f32::from_le_bytes)?),
+        VR::FD => P::F64(nums(bytes, little_endian, f64::from_le_bytes)?),
+        _ => return None,
+    })
+}
 
 fn framing(prefix: &[u8]) -> (usize, bool) {
     if prefix.len() >= PREFIX && &prefix[128..132] == b"DICM" {
@@ -89,7 +152,7 @@ fn guess_ts(b: &[u8]) -> Option<&'static str> {
     Some(match (big, explicit) {
         (false, false) => uids::IMPLICIT_VR_LITTLE_ENDIAN,
         (false, true) => uids::EXPLICIT_VR_LITTLE_ENDIAN,
-        (true, _) => "1.2.840.10008.1.2.2", // explicit VR big endian (retired, still readable)
+        (true, _) => EXPLICIT_VR_BIG_ENDIAN, // retired, still readable
     })
 }
 
@@ -104,7 +167,10 @@ pub fn read_object(r: &mut dyn Read, header_only: bool) -> Result<DefaultDicomOb
         if header_only {
             opts = opts.read_until(tags::PIXEL_DATA);
         }
-        return opts.from_reader(rest).map_err(|e| ReadFailure::NotDicom(e.to_string()));
+        let mut obj = opts.from_reader(rest).map_err(|e| ReadFailure::NotDicom(e.to_string()))?;
+        let little_endian = obj.meta().transfer_syntax().trim_end_matches('\0') != EXPLICIT_VR_BIG_ENDIAN;
+        reinterpret_un(&mut obj, little_endian);
+        return Ok(obj);
     }
     let ts_uid = guess_ts(&prefix).ok_or_else(|| ReadFailure::NotDicom("too short".into()))?;
     let ts = TransferSyntaxRegistry.get(ts_uid).ok_or_else(|| ReadFailure::NotDicom("transfer syntax".into()))?;
@@ -261,4 +327,26 @@ pub fn decode_frames(obj: &DefaultDicomObject, mut sink: impl FnMut(usize, &[i32
 /// 12-bit lossy JPEG, or corrupt/truncated data).
 fn decode_error(ts: &str, msg: String) -> PrepError {
     PrepError::UnsupportedTransferSyntax { reason: format!("pixel data could not be decoded ({ts}): {msg}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::primitive_from_un;
+    use dicom_core::{PrimitiveValue as P, VR};
+
+    #[test]
+    fn un_bytes_are_read_with_the_dictionary_vr() {
+        assert_eq!(primitive_from_un(VR::CS, b"ORIGINAL\\PRIMARY\\AXIAL ", true), Some(P::Strs(["ORIGINAL", "PRIMARY", "AXIAL"].map(String::from).into_iter().collect())));
+        assert_eq!(primitive_from_un(VR::UI, b"1.2.3\0", true), Some(P::Strs(["1.2.3".to_string()].into_iter().collect())));
+        assert_eq!(primitive_from_un(VR::DS, b"0.859375\\0.859375 ", true).unwrap().to_multi_float64().unwrap(), vec![0.859375, 0.859375]);
+        assert_eq!(primitive_from_un(VR::LT, b"a\\b ", true), Some(P::Str("a\\b".into())));
+        assert_eq!(primitive_from_un(VR::US, &[0x00, 0x02], true), Some(P::U16([512].into_iter().collect())));
+        assert_eq!(primitive_from_un(VR::US, &[0x02, 0x00], false), Some(P::U16([512].into_iter().collect())));
+        assert_eq!(primitive_from_un(VR::SS, &[0xff, 0xff, 0x00, 0x04], true), Some(P::I16([-1, 1024].into_iter().collect())));
+        assert_eq!(primitive_from_un(VR::FD, &1.5f64.to_le_bytes(), true), Some(P::F64([1.5].into_iter().collect())));
+        // a length that is not a whole number of values, and VRs left alone
+        assert_eq!(primitive_from_un(VR::US, &[1, 2, 3], true), None);
+        assert_eq!(primitive_from_un(VR::SQ, &[], true), None);
+        assert_eq!(primitive_from_un(VR::OB, &[1], true), None);
+    }
 }
