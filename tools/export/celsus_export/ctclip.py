@@ -166,22 +166,85 @@ def _graphs():
     return CtclipGraph, SupervisedGraph
 
 
-def _cached_encoder(encoder, image):
-    """A stand-in for CTViT during the verification's 55 reference forwards: returns the tokens of
-    the one real CTViT pass for the verification image (the reference recomputes the same)."""
+VQ_TIE = 1e-3  # a code the two runtimes pick differently must be within this cosine of the reference's best
+
+
+def _cached_encoder(image, tokens):
+    """A stand-in for CTViT in the verification's reference forwards: returns the given quantised
+    tokens for the verification image (the reference's CTViT pass is run once, separately)."""
     import torch
 
     class CachedEncoder(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            with torch.no_grad():
-                self.tokens = encoder(image, return_encoded_tokens=True)
-
         def forward(self, video, return_encoded_tokens=False, **kwargs):
             assert return_encoded_tokens and video is image
-            return self.tokens
+            return tokens
 
     return CachedEncoder()
+
+
+def vq_check(encoder, image, threads=None) -> dict:
+    """The vector quantiser is an argmax over 8192 cosine similarities: where the best two codes
+    are (nearly) tied, float32 rounding differences between PyTorch and ONNX Runtime upstream of
+    it pick different codes (as PyTorch on CPU vs CUDA would). This runs the reference CTViT up to
+    the quantiser and the same part of the graph (exported separately, with the code indices as
+    output), and returns the reference's quantised tokens (own codes) and the tokens with the
+    codes ONNX Runtime chose, plus statistics of the disagreements."""
+    import tempfile
+
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from .common import session
+
+    class UpToVQ(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = encoder
+
+        def forward(self, video):
+            tokens = self.enc.encode(self.enc.to_patch_emb(video))
+            flat = tokens.reshape(tokens.shape[0], -1, tokens.shape[-1])
+            _, idx = self.enc.vq._codebook(flat)
+            return flat, idx
+
+    aux = UpToVQ().eval()
+    with torch.no_grad():
+        flat_t, idx_t = aux(image)
+        q_t, idx_q, _ = encoder.vq(flat_t)
+    assert torch.equal(idx_t, idx_q)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "up_to_vq.onnx"
+        with torch.no_grad():
+            torch.onnx.export(aux, (image,), str(path), dynamo=True, input_names=["image"], output_names=["tokens", "codes"],
+                              external_data=False, verbose=False)
+        sess = session(path, threads)
+        flat_o, idx_o = sess.run(None, {"image": image.numpy()})
+        del sess
+    idx_o = torch.from_numpy(idx_o).to(idx_t.dtype)
+    flat_o = torch.from_numpy(flat_o)
+    embed = encoder.vq._codebook.embed[0]
+    shape = (1, 24, 24, 24, embed.shape[-1])
+    flipped = (idx_o != idx_t).nonzero(as_tuple=True)
+    gaps = []
+    with torch.no_grad():
+        if flipped[0].numel():
+            fn = F.normalize(flat_t[flipped], dim=-1)
+            en = F.normalize(embed, dim=-1)
+            best = (fn * en[idx_t[flipped]]).sum(-1)
+            other = (fn * en[idx_o[flipped]]).sum(-1)
+            gaps = (best - other).tolist()
+        rel = float((flat_o - flat_t).abs().max() / flat_t.abs().max())
+    return {"tokens_reference": q_t.view(shape), "tokens_onnx_codes": embed[idx_o].view(shape),
+            "pre_vq_max_rel_diff": rel, "code_flips": int(flipped[0].numel()), "codes": int(idx_t.numel()),
+            "max_flip_gap": max(gaps) if gaps else 0.0}
+
+
+def _vq_summary(vq: dict, e2e: float, same: float, tol: float) -> dict:
+    passed = same <= tol and vq["max_flip_gap"] <= VQ_TIE
+    return {"max_abs_diff": same, "max_abs_diff_end_to_end": e2e, "passed": passed,
+            "pre_vq_max_rel_diff": vq["pre_vq_max_rel_diff"], "vq_code_flips": f"{vq['code_flips']}/{vq['codes']}",
+            "vq_max_flip_cos_gap": vq["max_flip_gap"]}
 
 
 def export_ctclip(repo: ReferenceRepo, checkpoint: Path, text_encoder: Path, volume, allow_missing=False) -> Exported:
@@ -207,23 +270,33 @@ def export_ctclip(repo: ReferenceRepo, checkpoint: Path, text_encoder: Path, vol
     x = torch.from_numpy(np.ascontiguousarray(volume))[None]  # [1,1,240,480,480]
     notes.append(f"logit scale exp(T) = {float(clip.temperature.exp()):.6g}")
 
-    def verify(sess):
+    def verify(sess, tol):
+        vq = vq_check(clip.visual_transformer, x)
         real_encoder = clip.visual_transformer
-        clip.visual_transformer = _cached_encoder(real_encoder, x)
+        ref = {}
         try:
-            scores = []
-            with torch.no_grad():
-                for p in names:  # the reference's predict_pathologies, one pathology at a time
-                    tok = tokenizer([t.format(p) for t in contracts.CTCLIP_PROMPTS], return_tensors="pt",
-                                    padding="max_length", truncation=True, max_length=contracts.CTCLIP_MAX_LENGTH)
-                    scores.append(clip(tok, x, device=torch.device("cpu")).numpy())
+            for key in ("tokens_reference", "tokens_onnx_codes"):
+                clip.visual_transformer = _cached_encoder(x, vq[key])
+                scores = []
+                with torch.no_grad():
+                    for p in names:  # the reference's predict_pathologies, one pathology at a time
+                        tok = tokenizer([t.format(p) for t in contracts.CTCLIP_PROMPTS], return_tensors="pt",
+                                        padding="max_length", truncation=True, max_length=contracts.CTCLIP_MAX_LENGTH)
+                        scores.append(clip(tok, x, device=torch.device("cpu")).numpy())
+                ref[key] = np.stack(scores)[None]  # [1,55,2]
+                if vq["code_flips"] == 0:
+                    ref["tokens_onnx_codes"] = ref[key]
+                    break
         finally:
             clip.visual_transformer = real_encoder
-        ref = np.stack(scores)[None]  # [1,55,2]
         out = sess.run(None, {"image": x.numpy()})[0]
-        return {"max_abs_diff": diff_stats(softmax_pair(ref, 0), softmax_pair(out, 0)),
-                "max_abs_diff_logits": diff_stats(ref, out),
-                "compared": "P(present) of the 55 pathologies: reference CTCLIP.forward per pathology vs the graph"}
+        p_out = softmax_pair(out, 0)
+        r = _vq_summary(vq, diff_stats(softmax_pair(ref["tokens_reference"], 0), p_out),
+                        diff_stats(softmax_pair(ref["tokens_onnx_codes"], 0), p_out), tol)
+        r["max_abs_diff_logits"] = diff_stats(ref["tokens_onnx_codes"], out)
+        r["compared"] = ("P(present) of the 55 pathologies: the reference's CTCLIP.forward per pathology vs the graph; "
+                         "max_abs_diff with the VQ codes ONNX Runtime chose, max_abs_diff_end_to_end with PyTorch's own")
+        return r
 
     return Exported(
         model="ctclip", module=graph, example_inputs=(x,),
@@ -267,12 +340,24 @@ def export_supervised(repo: ReferenceRepo, checkpoint: Path, text_encoder: Path,
     graph = SupervisedGraph(model).eval()
     x = torch.from_numpy(np.ascontiguousarray(volume))[None]
 
-    def verify(sess):
-        with torch.no_grad():
-            ref = model(x)["logits"].numpy()  # the reference's forward (dummy-text BERT pass included)
+    def verify(sess, tol):
+        vq = vq_check(clip.visual_transformer, x)
+        real_encoder = clip.visual_transformer
+        ref = {}
+        try:
+            for key in ("tokens_reference", "tokens_onnx_codes"):
+                clip.visual_transformer = _cached_encoder(x, vq[key])
+                with torch.no_grad():
+                    ref[key] = model(x)["logits"].numpy()  # the reference's forward (dummy-text BERT pass included)
+        finally:
+            clip.visual_transformer = real_encoder
         out = sess.run(None, {"image": x.numpy()})[0]
-        return {"max_abs_diff": diff_stats(sigmoid(ref), sigmoid(out)), "max_abs_diff_logits": diff_stats(ref, out),
-                "compared": f"sigmoid of the {len(labels)} logits: SimpleCTCLIPClassifier.forward vs the graph"}
+        r = _vq_summary(vq, diff_stats(sigmoid(ref["tokens_reference"]), sigmoid(out)),
+                        diff_stats(sigmoid(ref["tokens_onnx_codes"]), sigmoid(out)), tol)
+        r["max_abs_diff_logits"] = diff_stats(ref["tokens_onnx_codes"], out)
+        r["compared"] = (f"sigmoid of the {len(labels)} logits: SimpleCTCLIPClassifier.forward vs the graph; max_abs_diff "
+                         "with the VQ codes ONNX Runtime chose, max_abs_diff_end_to_end with PyTorch's own")
+        return r
 
     ins, outs = contracts.io_spec("supervised", n_labels=len(labels))
     return Exported(

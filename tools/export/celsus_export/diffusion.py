@@ -77,7 +77,7 @@ def export(repo: ReferenceRepo, checkpoint: Path, volume) -> Exported:
     t0 = torch.zeros(batch.shape[0], dtype=torch.long)
     batch_dim = torch.export.Dim("batch", min=1, max=1024)
 
-    def verify(sess):
+    def verify(sess, tol):
         worst, worst_logits, runs = 0.0, 0.0, []
         cases = [(batch, t0, "16 slices, t=0"), (batch[5:8], torch.zeros(3, dtype=torch.long), "3 slices, t=0"),
                  (batch[:4], torch.tensor([0, 10, 250, 999]), "4 slices, t in {0,10,250,999}")]

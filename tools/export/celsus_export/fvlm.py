@@ -175,7 +175,7 @@ def export(repo: ReferenceRepo, checkpoint: Path, mae_weights: Path, bert: Path,
     o0, x0, m0 = cases[0]
     example = (x0, m0, torch.tensor([o0], dtype=torch.long))
 
-    def verify(sess):
+    def verify(sess, tol):
         worst, worst_logits, what = 0.0, 0.0, []
         for organ, x, m in cases:
             name = contracts.FVLM_ORGANS[organ]

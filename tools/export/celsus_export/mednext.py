@@ -92,7 +92,7 @@ def export(repo: ReferenceRepo, checkpoint: Path, config: Path, volume, ignore_b
     x = mednext_input(volume, art.roi_size, torch.float16 if dtype_name == "float16" else torch.float32)
     act = sigmoid if activation == "sigmoid" else softmax
 
-    def verify(sess):
+    def verify(sess, tol):
         with torch.no_grad():
             # the reference on CUDA: fp16 input under fp16 autocast; on CPU its call would fail
             # (half input, float weights), so the same (fp16-rounded) values go in as float32

@@ -9,6 +9,8 @@ Written to --out (the names `all --weights` looks for):
                                    and a locally generated WordPiece vocabulary (special tokens at
                                    BERT's ids, characters and their ## pieces, the prompt words,
                                    [unusedN] filler). The real model cannot be downloaded here.
+                                   config.json also has `add_type_embeddings: false`, which
+                                   fVLM's lavis BERT requires (see README).
   CT_VocabFine_v2.pt               CTCLIP state dict (raw, as torch.save(model.state_dict())); its
                                    text encoder re-initialised (differs from the BERT directory, as
                                    a fine-tuned checkpoint does); temperature ln(100) (CLIP's cap).
@@ -88,6 +90,11 @@ def write_bert(repo: ReferenceRepo, d: Path, seed: int) -> None:
     torch.manual_seed(seed)
     model = BertModel(BertConfig(**BERT_CONFIG))
     model.save_pretrained(str(d), safe_serialization=False)  # config.json + pytorch_model.bin (the hub repo's files)
+    # fVLM's lavis BERT (med.py) reads `add_type_embeddings` from this config.json: a site's fVLM copy of
+    # CXR-BERT carries it (LAVIS' med_config default: false); transformers' BertModel ignores it
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["add_type_embeddings"] = False
+    (d / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
 
 def _reinit_text(text_model, seed: int) -> None:
