@@ -155,6 +155,12 @@ pub struct Config {
     /// How long a shutdown waits for studies in flight before the process exits anyway.
     #[arg(long, env = "CT_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// One-machine mode: a folder (tmpfs, e.g. under /dev/shm) that the model services also read
+    /// (their CT_SHARED_VOLUME_DIR). Each study's volume is written there once and the model
+    /// services get its file name instead of five copies over gRPC; the file is removed when the
+    /// study ends. Unset (default, and always across machines): the volume is streamed.
+    #[arg(long, env = "CT_SHARED_VOLUME_DIR")]
+    pub shared_volume_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -175,6 +181,7 @@ impl Default for Config {
             upstream_resolve_interval: Duration::from_secs(10),
             health_interval: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(30),
+            shared_volume_dir: None,
         }
     }
 }
@@ -190,6 +197,11 @@ impl Config {
         }
         if self.max_in_flight == 0 {
             return Err("CT_MAX_IN_FLIGHT must be at least 1".into());
+        }
+        if let Some(dir) = &self.shared_volume_dir
+            && !dir.is_dir()
+        {
+            return Err(format!("CT_SHARED_VOLUME_DIR {} is not a folder", dir.display()));
         }
         if self.max_body_bytes == 0 || usize::try_from(self.max_body_bytes).is_err() {
             return Err(format!("CT_MAX_BODY_BYTES {} is out of range", self.max_body_bytes));

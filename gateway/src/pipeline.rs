@@ -4,7 +4,9 @@
 //!    [`ct_proto::MAX_CHUNK_BYTES`] each) while it arrives; nothing is buffered whole;
 //! 2. the volume stream that comes back is relayed chunk by chunk to the five model services
 //!    concurrently (the lung mask only to the models that use it, with a header rewritten to
-//!    say so for the others);
+//!    say so for the others); in one-machine mode (`CT_SHARED_VOLUME_DIR`) it is written once to
+//!    a file in a shared tmpfs folder instead, and each model service gets the header and the
+//!    file's name ([`SharedVolume`]);
 //! 3. the scores go to ensemble-svc's `Combine`.
 //!
 //! Every upstream call carries the request id as gRPC metadata `x-request-id`.
@@ -282,6 +284,13 @@ impl Pipeline {
     /// the study (any error under policy `fail`; an answered error under `degrade`) ends it at
     /// once, cancelling the other calls.
     async fn fan_out(&self, endpoint: Endpoint, request_id: &str, mut volume: tonic::Streaming<VolumeChunk>, header: &VolumeHeader) -> Result<FanOut, ApiError> {
+        // one-machine mode: the payloads go to a shared file first, the models get its name
+        let write_started = Instant::now();
+        let shared = match &self.config.shared_volume_dir {
+            Some(dir) => Some(SharedVolume::write(dir, request_id, &mut volume, header, endpoint).await?),
+            None => None,
+        };
+        let shared_write_ms = ms(write_started.elapsed());
         let mut senders: Vec<Option<(mpsc::Sender<VolumeChunk>, bool)>> = Vec::new();
         let pending = futures::stream::FuturesUnordered::new();
         for (index, target) in self.clients.models.iter().enumerate() {
@@ -292,6 +301,9 @@ impl Pipeline {
                 h.mask_bytes = 0;
             }
             tx.try_send(VolumeChunk { part: Some(volume_chunk::Part::Header(h)) }).map_err(|_| ApiError::internal("relay channel refused the header"))?;
+            if let Some(s) = &shared {
+                tx.try_send(s.chunk()).map_err(|_| ApiError::internal("relay channel refused the shared payload"))?;
+            }
             senders.push(Some((tx, target.needs_lung_mask)));
             let mut client = target.client.clone();
             let req = with_request_id(ReceiverStream::new(rx), request_id);
@@ -303,8 +315,9 @@ impl Pipeline {
             });
         }
         let started = Instant::now();
+        let streamed = shared.is_none();
         let relay = async move {
-            let r = relay(&mut volume, &mut senders, endpoint).await;
+            let r = if streamed { relay(&mut volume, &mut senders, endpoint).await } else { Ok(()) };
             drop(senders); // end of every model's stream (a truncated one after an error is refused there)
             r
         };
@@ -343,9 +356,70 @@ impl Pipeline {
         Ok(FanOut {
             answered: answered.into_iter().map(|(_, n, t, s)| (n, t, s)).collect(),
             missing: missing.into_iter().map(|(_, n, e)| (n, e)).collect(),
-            relay_ms: ms(relay_end - started),
+            relay_ms: if shared.is_some() { shared_write_ms } else { ms(relay_end - started) },
             models_ms: ms(relay_end.elapsed()),
         })
+    }
+}
+
+/// A study's voxels and lung mask in a file of the shared folder (one-machine mode), removed
+/// when dropped, i.e. when the study has ended whatever the outcome.
+struct SharedVolume {
+    path: std::path::PathBuf,
+    name: String,
+}
+
+impl SharedVolume {
+    /// Writes the payload chunks of `volume` (voxels, then the mask) to a new file in `dir`.
+    async fn write(dir: &std::path::Path, request_id: &str, volume: &mut tonic::Streaming<VolumeChunk>, header: &VolumeHeader, endpoint: Endpoint) -> Result<Self, ApiError> {
+        use std::io::Write;
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id: String = request_id.chars().filter(|c| c.is_ascii_alphanumeric()).take(32).collect();
+        let name = format!("ct-{}-{seq}-{id}.vol", std::process::id());
+        let path = dir.join(&name);
+        let io = |e: std::io::Error| ApiError::internal(format!("shared volume folder {}: {e}", dir.display()));
+        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(io)?;
+        let this = Self { path, name }; // from here on the file is removed on every exit
+        let mut file = std::io::BufWriter::with_capacity(4 << 20, file);
+        let expected = header.voxel_bytes + if header.has_lung_mask { header.mask_bytes } else { 0 };
+        let mut written = 0u64;
+        loop {
+            let chunk = match volume.message().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(s) => return Err(error::from_preprocess(&s, endpoint)),
+            };
+            match chunk.part {
+                Some(volume_chunk::Part::Voxels(b) | volume_chunk::Part::LungMask(b)) => {
+                    if b.offset + b.data.len() as u64 > expected || written + b.data.len() as u64 > expected {
+                        return Err(ApiError::internal("preprocess-svc sent more volume bytes than its header announced"));
+                    }
+                    file.write_all(&b.data).map_err(io)?;
+                    written += b.data.len() as u64;
+                }
+                _ => return Err(ApiError::internal("preprocess-svc sent an unexpected part after the volume header")),
+            }
+        }
+        if written != expected {
+            return Err(ApiError::internal(format!("preprocess-svc's volume stream ended after {written} of {expected} bytes")));
+        }
+        file.flush().map_err(io)?;
+        Ok(this)
+    }
+
+    fn chunk(&self) -> VolumeChunk {
+        VolumeChunk { part: Some(volume_chunk::Part::Shared(ct_proto::v1::SharedPayload { file: self.name.clone() })) }
+    }
+}
+
+impl Drop for SharedVolume {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(file = %self.path.display(), error = %e, "could not remove a shared volume file");
+        }
     }
 }
 

@@ -101,7 +101,7 @@ fn reinterpret_un(obj: &mut InMemDicomObject, little_endian: bool) {
 fn primitive_from_un(vr: dicom_core::VR, bytes: &[u8], little_endian: bool) -> Option<dicom_core::PrimitiveValue> {
     use dicom_core::{PrimitiveValue as P, VR};
     fn nums<const N: usize, T>(b: &[u8], le: bool, f: impl Fn([u8; N]) -> T) -> Option<dicom_core::smallvec::SmallVec<[T; 2]>> {
-        if b.len() % N != 0 {
+        if !b.len().is_multiple_of(N) {
             return None;
         }
         Some(

@@ -26,6 +26,10 @@ pub enum CodecError {
     Incomplete { part: &'static str, expected: u64, got: u64 },
     #[error("volume rejected: {0}")]
     Volume(#[from] ct_volume::VolumeError),
+    #[error("a shared-memory volume was sent, but this service has no shared-volume folder configured")]
+    SharedNotEnabled,
+    #[error("shared volume file: {0}")]
+    Shared(String),
 }
 
 /// Fills the geometry/payload fields of `header` from `volume` and `mask`, and returns the
@@ -120,6 +124,8 @@ pub struct VolumeAssembler {
     carry: Vec<u8>,
     mask: Vec<u8>,
     max_voxel_bytes: u64,
+    /// Where `shared` payload files may be read from (one-machine mode); `None`: refused.
+    shared_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug)]
@@ -142,12 +148,35 @@ impl TypedVoxels {
             Self::F32(v) => f32::extend_from_le(v, bytes),
         }
     }
+
+    /// Appends `n_bytes` of little-endian values read from `r`, straight into the typed buffer.
+    fn read_from(&mut self, r: &mut impl std::io::Read, n_bytes: usize) -> std::io::Result<()> {
+        fn read<T: LeBytes>(v: &mut Vec<T>, r: &mut impl std::io::Read, n_bytes: usize) -> std::io::Result<()> {
+            let at = v.len();
+            v.resize(at + n_bytes / std::mem::size_of::<T>(), T::zeroed());
+            r.read_exact(bytemuck::cast_slice_mut::<T, u8>(&mut v[at..]))?;
+            if cfg!(target_endian = "big") {
+                v[at..].iter_mut().for_each(|x| *x = x.swap());
+            }
+            Ok(())
+        }
+        match self {
+            Self::I16(v) => read(v, r, n_bytes),
+            Self::F32(v) => read(v, r, n_bytes),
+        }
+    }
 }
 
 impl VolumeAssembler {
     /// `max_voxel_bytes` bounds the memory a sender can make the receiver allocate.
     pub fn new(max_voxel_bytes: u64) -> Self {
-        Self { header: None, voxels: TypedVoxels::I16(Vec::new()), voxel_bytes: 0, carry: Vec::new(), mask: Vec::new(), max_voxel_bytes }
+        Self { header: None, voxels: TypedVoxels::I16(Vec::new()), voxel_bytes: 0, carry: Vec::new(), mask: Vec::new(), max_voxel_bytes, shared_dir: None }
+    }
+
+    /// Also accepts a `shared` part naming a file in `dir` (one-machine mode, see the proto).
+    pub fn with_shared_dir(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        self.shared_dir = dir;
+        self
     }
 
     pub fn header(&self) -> Option<&VolumeHeader> {
@@ -199,8 +228,36 @@ impl VolumeAssembler {
                 self.mask.extend_from_slice(&b.data);
                 Ok(())
             }
+            Some(Part::Shared(s)) => {
+                let h = self.header.as_ref().ok_or(CodecError::MissingHeader)?;
+                if self.voxel_bytes != 0 || !self.carry.is_empty() || !self.mask.is_empty() {
+                    return Err(CodecError::Shared("a shared payload after inline chunks".into()));
+                }
+                let dir = self.shared_dir.as_ref().ok_or(CodecError::SharedNotEnabled)?;
+                let path = shared_path(dir, &s.file)?;
+                let (voxel_bytes, mask_bytes) = (h.voxel_bytes, h.mask_bytes);
+                let io = |e: std::io::Error| CodecError::Shared(format!("{}: {e}", s.file));
+                let meta = std::fs::symlink_metadata(&path).map_err(io)?;
+                if !meta.file_type().is_file() {
+                    return Err(CodecError::Shared(format!("{} is not a regular file", s.file)));
+                }
+                if meta.len() < voxel_bytes + mask_bytes {
+                    return Err(CodecError::Shared(format!("{} holds {} bytes, the header announces {} voxel and {mask_bytes} mask bytes", s.file, meta.len(), voxel_bytes)));
+                }
+                let mut f = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&path).map_err(io)?);
+                self.voxels.read_from(&mut f, voxel_bytes as usize).map_err(io)?;
+                self.voxel_bytes = voxel_bytes;
+                self.mask.resize(mask_bytes as usize, 0);
+                std::io::Read::read_exact(&mut f, &mut self.mask).map_err(io)?;
+                Ok(())
+            }
             None => Ok(()),
         }
+    }
+
+    /// Whether `chunk` names a shared payload (its [`push`](Self::push) reads a file: blocking I/O).
+    pub fn is_shared(chunk: &VolumeChunk) -> bool {
+        matches!(chunk.part, Some(Part::Shared(_)))
     }
 
     /// The header, the volume and the lung mask (if one was sent).
@@ -262,6 +319,15 @@ fn check_header(h: &VolumeHeader, max_voxel_bytes: u64) -> Result<u64, CodecErro
         return bad(format!("{} slice position values for {} slices", h.slice_positions_mm.len(), h.dims[2]));
     }
     Ok(expected)
+}
+
+/// `dir/file` for a shared payload: `file` must be a plain name (no separator, not `.`/`..`).
+pub fn shared_path(dir: &std::path::Path, file: &str) -> Result<std::path::PathBuf, CodecError> {
+    let plain = !file.is_empty() && file != "." && file != ".." && file.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !plain {
+        return Err(CodecError::Shared(format!("{file:?} is not a plain file name")));
+    }
+    Ok(dir.join(file))
 }
 
 /// `b` must start where the data received so far (`at` bytes) ends and stay within `limit`.
@@ -335,6 +401,64 @@ mod tests {
         }
         let (_, back, _) = asm.finish().unwrap();
         assert_eq!(back, vol);
+    }
+
+    #[test]
+    fn shared_payload_files_are_read_from_the_configured_folder_only() {
+        let vol = volume(4, 30, 20);
+        let mask = Array3::from_shape_fn((4, 30, 20), |(k, j, _)| u8::from((k + j) % 2 == 0));
+        let chunks: Vec<_> = encode(VolumeHeader { study_uid: "9.8".into(), ..Default::default() }, &vol, Some(&mask)).collect();
+        let header = chunks[0].clone();
+        let mut payload = Vec::new();
+        for c in &chunks[1..] {
+            match &c.part {
+                Some(Part::Voxels(b) | Part::LungMask(b)) => payload.extend_from_slice(&b.data),
+                _ => unreachable!(),
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("s1.vol"), &payload).unwrap();
+        let shared = |file: &str| VolumeChunk { part: Some(Part::Shared(v1::SharedPayload { file: file.into() })) };
+        let asm = || VolumeAssembler::new(1 << 30).with_shared_dir(Some(dir.path().to_path_buf()));
+
+        let mut a = asm();
+        a.push(header.clone()).unwrap();
+        assert!(VolumeAssembler::is_shared(&shared("s1.vol")));
+        a.push(shared("s1.vol")).unwrap();
+        let (h, back, m) = a.finish().unwrap();
+        assert_eq!((h.study_uid.as_str(), &back, m.as_ref()), ("9.8", &vol, Some(&mask)));
+
+        // a header without the mask (as the gateway sends to most models) reads the voxels only
+        let mut no_mask = header.clone();
+        if let Some(Part::Header(h)) = &mut no_mask.part {
+            h.has_lung_mask = false;
+            h.mask_bytes = 0;
+        }
+        let mut a = asm();
+        a.push(no_mask).unwrap();
+        a.push(shared("s1.vol")).unwrap();
+        assert!(a.finish().unwrap().2.is_none());
+
+        // refused: not enabled, names with a directory part, missing, short, a symlink, mixed with chunks
+        let mut a = VolumeAssembler::new(1 << 30);
+        a.push(header.clone()).unwrap();
+        assert_eq!(a.push(shared("s1.vol")), Err(CodecError::SharedNotEnabled));
+        for bad in ["../s1.vol", "/etc/passwd", "a/b", "..", "", "missing.vol"] {
+            let mut a = asm();
+            a.push(header.clone()).unwrap();
+            assert!(matches!(a.push(shared(bad)), Err(CodecError::Shared(_))), "{bad:?}");
+        }
+        std::fs::write(dir.path().join("short.vol"), &payload[..payload.len() - 1]).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("s1.vol"), dir.path().join("link.vol")).unwrap();
+        for bad in ["short.vol", "link.vol"] {
+            let mut a = asm();
+            a.push(header.clone()).unwrap();
+            assert!(matches!(a.push(shared(bad)), Err(CodecError::Shared(_))), "{bad:?}");
+        }
+        let mut a = asm();
+        a.push(header).unwrap();
+        a.push(chunks[1].clone()).unwrap();
+        assert!(matches!(a.push(shared("s1.vol")), Err(CodecError::Shared(_))));
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub struct Stack {
     pub upstreams: gateway::Upstreams,
     /// The ensemble bundle in use (`models/demo/ensemble`).
     pub ensemble_bundle: PathBuf,
+    /// The model services' shared-volume folder (one-machine mode); they take streamed volumes too.
+    pub shared_dir: PathBuf,
+    _shared_dir: tempfile::TempDir,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -56,11 +59,12 @@ fn start_blocking() -> Stack {
         ct_service::init_tracing();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("e2e-stack").enable_all().build().expect("stack runtime");
-    let (upstreams, ensemble_bundle) = runtime.block_on(start());
-    Stack { upstreams, ensemble_bundle, _runtime: runtime }
+    let shared = tempfile::Builder::new().prefix("e2e-shared-").tempdir().expect("shared volume folder");
+    let (upstreams, ensemble_bundle) = runtime.block_on(start(shared.path().to_path_buf()));
+    Stack { upstreams, ensemble_bundle, shared_dir: shared.path().to_path_buf(), _shared_dir: shared, _runtime: runtime }
 }
 
-async fn start() -> (gateway::Upstreams, PathBuf) {
+async fn start(shared_dir: PathBuf) -> (gateway::Upstreams, PathBuf) {
     let url = |a: SocketAddr| format!("http://{a}");
 
     // preprocess-svc (lung validation on, as deployed)
@@ -70,7 +74,7 @@ async fn start() -> (gateway::Upstreams, PathBuf) {
     tokio::spawn(preprocess_svc::service::run(l, None, svc, ct_service::Shutdown::new()));
 
     // the five model services; a deep queue: several tests send studies at the same time
-    let cfg = ServerConfig { queue_depth: 64, ..ServerConfig::default() };
+    let cfg = ServerConfig { queue_depth: 64, shared_volume_dir: Some(shared_dir), ..ServerConfig::default() };
     let ctclip = spawn::<ctclip_svc::Ctclip>(&demo_bundle("ctclip"), cfg.clone()).await;
     let supervised = spawn::<supervised_svc::Supervised>(&demo_bundle("supervised"), cfg.clone()).await;
     let diffusion = spawn::<diffusion_svc::Diffusion>(&demo_bundle("diffusion"), cfg.clone()).await;

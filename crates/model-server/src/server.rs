@@ -33,11 +33,15 @@ pub struct ServerConfig {
     /// Inference batch size for adapters that batch (diffusion); default: the manifest's.
     #[arg(long, env = "CT_BATCH_SIZE")]
     pub batch_size: Option<usize>,
+    /// One-machine mode: a folder (tmpfs, e.g. under /dev/shm) shared with the gateway, from which
+    /// volumes sent as a `shared` payload file are read instead of over the stream. Unset: refused.
+    #[arg(long, env = "CT_SHARED_VOLUME_DIR")]
+    pub shared_volume_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { concurrency: 1, queue_depth: 2, max_volume_bytes: 1 << 30, batch_size: None }
+        Self { concurrency: 1, queue_depth: 2, max_volume_bytes: 1 << 30, batch_size: None, shared_volume_dir: None }
     }
 }
 
@@ -216,10 +220,22 @@ impl<A: Adapter> Service<A> {
     async fn predict_inner(&self, mut stream: Streaming<VolumeChunk>) -> Result<Scores, ModelError> {
         let model = &self.model;
         let started = Instant::now();
-        let mut asm = VolumeAssembler::new(model.config.max_volume_bytes);
+        let mut asm = VolumeAssembler::new(model.config.max_volume_bytes).with_shared_dir(model.config.shared_volume_dir.clone());
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|s| ModelError::Stream(ct_proto::codec::CodecError::BadHeader(format!("stream broken: {}", s.message()))))?;
-            asm.push(chunk)?;
+            if VolumeAssembler::is_shared(&chunk) {
+                // reads the whole volume from the shared file: off the async workers
+                let (back, r) = tokio::task::spawn_blocking(move || {
+                    let r = asm.push(chunk);
+                    (asm, r)
+                })
+                .await
+                .map_err(|e| ModelError::BadOutput(format!("shared volume read task: {e}")))?;
+                asm = back;
+                r?;
+            } else {
+                asm.push(chunk)?;
+            }
         }
         let (header, volume, mask) = asm.finish()?;
         let receive = started.elapsed();
