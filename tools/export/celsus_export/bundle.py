@@ -94,13 +94,15 @@ def render_manifest(m: dict) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def begin_bundle(out: str | os.PathLike) -> Path:
-    """Creates the directory and removes an old manifest: the bundle is incomplete until written."""
+def begin_bundle(out: str | os.PathLike, stale=("model.onnx",)) -> Path:
+    """Creates the directory and removes an old manifest (the bundle is incomplete until the new
+    one is written) and the files about to be rewritten (`stale`; saves disk for large graphs)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    man = out / "manifest.toml"
-    if man.exists():
-        man.unlink()
+    for name in ("manifest.toml", *stale):
+        p = out / name
+        if p.exists():
+            p.unlink()
     return out
 
 

@@ -381,8 +381,24 @@ def run_all(a) -> int:
     print(table)
     for r in reports:
         if r["model"] == "lightgbm" and not r.get("skipped"):
-            print(f"\nensemble (LightGBM): {json.dumps({k: r.get(k) for k in ('bundle', 'naming', 'max_abs_diff_text_vs_pickle', 'ensemble_check')}, default=str)}")
+            print(f"\nensemble (LightGBM): {lightgbm_summary(r)}")
     return 0 if all(report_ok(r) or r.get("skipped") for r in reports) else 1
+
+
+def lightgbm_summary(r: dict) -> str:
+    if r.get("error"):
+        return "FAILED: " + r["error"]
+    text = (f"bundle {r.get('bundle')}, naming case {r.get('naming')}, max |text model - pickle| "
+            f"{r.get('max_abs_diff_text_vs_pickle')}")
+    chk = r.get("ensemble_check") or {}
+    d = chk.get("decision")
+    if d:
+        text += (f"; ensemble-svc predict on the services' outputs: probability {d.get('probability_of_pathology'):.4f}, "
+                 f"pathology {d.get('pathology')}, thoracic {d.get('probability_of_pathology_thoracic')}, "
+                 f"{len(d.get('missing_features') or [])} missing features")
+    elif chk.get("skipped"):
+        text += "; ensemble-svc check skipped: " + chk["skipped"]
+    return text
 
 
 def _all_lightgbm(a, args, reports) -> dict:

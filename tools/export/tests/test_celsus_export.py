@@ -131,9 +131,11 @@ class ManifestTest(unittest.TestCase):
         (out / "model.onnx").write_bytes(b"x")
         bundle.write_manifest(out, self.manifest("ctclip"))
         self.assertTrue((out / "manifest.toml").exists())
+        (out / "notes.txt").write_text("kept")
         bundle.begin_bundle(out)
         self.assertFalse((out / "manifest.toml").exists())
-        (out / "model.onnx").unlink()
+        self.assertFalse((out / "model.onnx").exists(), "the graph about to be rewritten is removed first")
+        self.assertTrue((out / "notes.txt").exists())
         with self.assertRaises(FileNotFoundError):
             bundle.write_manifest(out, self.manifest("ctclip"))
         self.assertFalse((out / "manifest.toml").exists())
