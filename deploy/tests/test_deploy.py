@@ -600,8 +600,13 @@ class Compose(unittest.TestCase):
                 self.assertNotIn("/models", mounts, s)
             if s != "gateway":
                 self.assertNotIn("ports", svc, f"{s}: internal services publish no port")
-        sources = {v["source"] for s in BUNDLES for v in services[s]["volumes"]}
+        sources = {v["source"] for s in BUNDLES for v in services[s]["volumes"] if v["target"] == "/models"}
         self.assertEqual(len(sources), 1, "one shared model directory")
+        # one-machine mode: the gateway and every model service share one tmpfs volume at /shared
+        for s in ["gateway", *MODEL_SERVICES]:
+            mounts = {v["target"]: v for v in services[s].get("volumes", [])}
+            self.assertEqual(mounts.get("/shared", {}).get("source"), "shared-volumes", s)
+        self.assertEqual(compose()["volumes"]["shared-volumes"]["driver_opts"]["type"], "tmpfs")
         gw = services["gateway"]
         self.assertEqual({k: v["condition"] for k, v in gw["depends_on"].items()}, {s: "service_healthy" for s in SERVICES if s != "gateway"})
         # the REST API on host port 8000 (docker-compose prints a published port as a mapping)
