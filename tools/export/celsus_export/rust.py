@@ -19,13 +19,32 @@ WARMUP = re.compile(r"warm-up done.*?ms=([0-9.]+)")
 PREDICTED = re.compile(r"predicted.*?preprocess_ms=([0-9.]+).*?timings_ms=(\{[^}]*\})")
 
 
+def _vm_hwm_kib(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def run_measured(cmd, env=None, timeout=1800):
-    """(returncode, stdout, stderr, wall_s, peak_rss_mib) of one child process."""
+    """(returncode, stdout, stderr, wall_s, peak_rss_mib) of one child process.
+
+    The peak RSS is the child's own high-water mark (VmHWM, polled every 50 ms until it exits).
+    Not `wait4`'s ru_maxrss: Linux carries the parent's high-water mark into a child over
+    fork/exec, so a service spawned by a large exporter process would report the exporter's."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.time()
         p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
         deadline = t0 + timeout
+        hwm = None
         while True:
+            h = _vm_hwm_kib(p.pid)
+            if h is not None:
+                hwm = h
             pid, status, usage = os.wait4(p.pid, os.WNOHANG)
             if pid:
                 break
@@ -38,7 +57,8 @@ def run_measured(cmd, env=None, timeout=1800):
         p.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        return p.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"), wall, usage.ru_maxrss / 1024.0
+        peak = hwm / 1024.0 if hwm is not None else usage.ru_maxrss / 1024.0
+        return p.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"), wall, peak
 
 
 def parse_timings(stderr: str) -> dict | None:
