@@ -106,6 +106,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--only", default="", help="comma-separated subset of " + ",".join(ORDER + ["lightgbm"]))
     p.add_argument("--threshold", type=float, default=0.59, help="main LightGBM threshold (default 0.59)")
 
+    p = sub.add_parser("check", help="run existing bundles through their Rust services again (no torch needed)",
+                       description="Runs `<svc> predict` for each bundle (and `ensemble-svc predict` for an ensemble "
+                                   "bundle, on the other bundles' outputs); prints the table with the manifests' "
+                                   "recorded verification.")
+    p.add_argument("bundles", nargs="+", type=Path, help="bundle directories (e.g. OUT/*)")
+    p.add_argument("--study", type=Path, action="append", default=None, help="study (repeatable; default: the two fixtures)")
+    p.add_argument("--bin-dir", type=Path, default=DEFAULT_BIN)
+    p.add_argument("--report", type=Path, default=None)
+
     p = sub.add_parser("random-checkpoints",
                        help="VERIFICATION ONLY: randomly initialised checkpoints with the exact architectures and file formats")
     p.add_argument("--repo", type=Path, required=True)
@@ -208,10 +217,10 @@ def render_table(reports: list[dict]) -> str:
             lat = "skipped: " + rust["skipped"]
         elif rust and not rust.get("ok"):
             lat = "**FAILED**: " + str(rust.get("error") or [s.get("error") or s.get("problems") for s in rust.get("studies", [])])
-        params = r.get("params")
-        lines.append(f"| {r['model']} | {params / 1e6:.1f} M | {r.get('export_s', 0):.0f} | {fmt_mib(r.get('onnx_bytes'))} | {dtxt} | "
-                     f"{v.get('tolerance', '-')} | {lat} | {rss} |" if params else
-                     f"| {r['model']} | - | - | - | {dtxt} | - | {lat} | - |")
+        params = f"{r['params'] / 1e6:.1f} M" if r.get("params") else "-"
+        export_s = f"{r['export_s']:.0f}" if r.get("export_s") is not None else "-"
+        size = fmt_mib(r["onnx_bytes"]) if r.get("onnx_bytes") else "-"
+        lines.append(f"| {r['model']} | {params} | {export_s} | {size} | {dtxt} | {v.get('tolerance', '-')} | {lat} | {rss} |")
     return "\n".join(lines)
 
 
@@ -427,6 +436,41 @@ def _all_lightgbm(a, args, reports) -> dict:
     return r
 
 
+def run_check(a) -> int:
+    """`check`: the service runs of `run_model` on existing bundles."""
+    import tomllib
+
+    from .rust import ensemble_check, service_check
+
+    studies = [Path(x) for x in (a.study or [x for x in DEFAULT_STUDIES if x.exists()])]
+    reports, ensembles = [], []
+    for d in a.bundles:
+        man = tomllib.loads((Path(d) / "manifest.toml").read_text())
+        if "ensemble" in man:
+            ensembles.append(Path(d))
+            continue
+        model = man["model"]["name"]
+        labels = man["labels"].get("names") or (contracts.MOSMED_PATHOLOGIES if model == "supervised" else [])
+        print(f"[check] {model}: {d}", file=sys.stderr)
+        onnx = Path(d) / "model.onnx"
+        reports.append({"model": model, "bundle": str(d), "onnx_bytes": onnx.stat().st_size if onnx.exists() else None,
+                        "verification": man.get("verification"),
+                        "rust": service_check(model, Path(d), studies, a.bin_dir, labels)})
+    for d in ensembles:
+        scores = {r["model"]: s["values"] for r in reports for s in r["rust"].get("studies", [])[:1] if "values" in s}
+        r = {"model": "lightgbm", "bundle": str(d), "ensemble_check": ensemble_check(d, scores, a.bin_dir)}
+        if not r["ensemble_check"].get("ok") and not r["ensemble_check"].get("skipped"):
+            r["error"] = "ensemble-svc predict failed: " + str(r["ensemble_check"].get("error"))
+        reports.append(r)
+    table = render_table([r for r in reports if r["model"] != "lightgbm"])
+    write_report({"reports": reports, "table": table}, a.report)
+    print(table)
+    for r in reports:
+        if r["model"] == "lightgbm":
+            print(f"\nensemble (LightGBM): {lightgbm_summary(r)}")
+    return 0 if all(report_ok(r) for r in reports) else 1
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["lightgbm"]:  # everything after it is convert_lightgbm.py's
@@ -435,6 +479,8 @@ def main(argv=None) -> int:
     try:
         if a.command == "all":
             return run_all(a)
+        if a.command == "check":
+            return run_check(a)
         if a.command == "random-checkpoints":
             from .random_weights import main as random_main
 

@@ -202,6 +202,8 @@ class CliTest(unittest.TestCase):
         self.assertEqual(a.version, "v7")
         a = p.parse_args(["all", "--repo", "R", "--weights", "W", "--out", "O", "--only", "ctclip,lightgbm"])
         self.assertEqual((a.weights, a.only, a.threshold), (Path("W"), "ctclip,lightgbm", 0.59))
+        a = p.parse_args(["check", "B/ctclip", "B/fvlm", "--study", "s.zip"])
+        self.assertEqual((a.bundles, a.study), ([Path("B/ctclip"), Path("B/fvlm")], [Path("s.zip")]))
         with self.assertRaises(SystemExit):
             p.parse_args(["ctclip", "--repo", "R", "--checkpoint", "c", "--out", "O"])  # no --text-encoder
 
@@ -277,9 +279,12 @@ class CliTest(unittest.TestCase):
             {"model": "fvlm", "params": 94.7e6, "export_s": 11, "onnx_bytes": 3.8e8,
              "verification": {"max_abs_diff": 2e-3, "passed": False, "tolerance": 1e-4}, "rust": {"skipped": "not built"}},
             {"model": "mednext", "skipped": "not found: pli_2.json"},
+            {"model": "diffusion", "onnx_bytes": 14654087, "verification": {"max_abs_diff": 3.5e-6, "passed": True, "tolerance": 1e-4},
+             "rust": {"ok": True, "studies": [{"study": "s.zip", "peak_rss_mib": 1000, "timings_ms": {"recipe": 1.0, "infer": 2.0}}]}},
         ]
         t = cli.render_table(reports).splitlines()
-        self.assertEqual(len(t), 5)
+        self.assertEqual(len(t), 6)
+        self.assertEqual(t[5], "| diffusion | - | - | 14 MiB | 3.5e-06 | 0.0001 | 1 / 2 / 3 (s.zip) | 1,000 MiB |")
         self.assertIn("| ctclip | 176.9 M | 15 | 682 MiB | 3.0e-06 (same VQ codes; end to end 1.8e-03, 2/13824", t[2])
         self.assertIn("300 / 18,000 / 18,300 (chest_abnormal.zip) | 2,000 MiB |", t[2])
         self.assertIn("**FAILED**", t[3])
@@ -306,6 +311,13 @@ class ServiceLogTest(unittest.TestCase):
     def test_values_are_checked(self):
         self.assertEqual(rust.check_values("ctclip", {"a": 0.5}, ["a"]), [])
         self.assertEqual(len(rust.check_values("ctclip", {"a": float("nan"), "b": 1.5, "c": 0.1}, ["a", "b"])), 3)
+
+    def test_child_peak_memory_is_its_own(self):
+        code = "b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); print('done')"
+        rc, out, err, wall, peak = rust.run_measured([sys.executable, "-c", code])
+        self.assertEqual((rc, out.strip()), (0, "done"), err)
+        self.assertGreater(peak, 150)
+        self.assertLess(peak, 1024)
 
     def test_missing_binary_is_reported_as_skipped(self):
         r = rust.service_check("ctclip", Path("b"), [], Path("/nonexistent"), [])
