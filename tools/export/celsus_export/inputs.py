@@ -10,12 +10,13 @@ binary or the study, a synthetic chest phantom is used (reported as such).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from .rust import service_env
 
 
 def ctclip_volume(study: Path | None, bin_dir: Path | None) -> tuple[np.ndarray, str]:
@@ -50,17 +51,6 @@ def phantom(seed: int = 0) -> np.ndarray:
         hu[((z - cz) ** 2 + (y - cy) ** 2 + (x - cx) ** 2) <= rng.integers(16, 64)] = 30.0
     hu += rng.normal(0, 15, hu.shape).astype(np.float32)
     return (np.clip(hu, -1000, 1000) / 1000.0)[None].astype(np.float32)
-
-
-def service_env() -> dict:
-    env = dict(os.environ)
-    env.setdefault("CT_LOG", "info,ort=warn")
-    if "ORT_DYLIB_PATH" not in env:
-        root = Path(__file__).resolve().parents[3]
-        libs = sorted((root / ".tools" / "ort").glob("libonnxruntime.so*"))
-        if libs:
-            env["ORT_DYLIB_PATH"] = str(libs[-1])
-    return env
 
 
 def lung_mask_kji(hu_kji: np.ndarray) -> np.ndarray:

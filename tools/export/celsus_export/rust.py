@@ -13,10 +13,21 @@ import time
 from pathlib import Path
 
 from .contracts import SERVICE_BINARY
-from .inputs import service_env
 
 WARMUP = re.compile(r"warm-up done.*?ms=([0-9.]+)")
 PREDICTED = re.compile(r"predicted.*?preprocess_ms=([0-9.]+).*?timings_ms=(\{[^}]*\})")
+
+
+def service_env() -> dict:
+    env = dict(os.environ)
+    # the stage timings are read from the service's text log line `predicted ... timings_ms={...}`
+    env.update({"CT_LOG": "info,ort=warn", "CT_LOG_FORMAT": "text", "CT_LOG_COLOR": "never"})
+    if "ORT_DYLIB_PATH" not in env:
+        root = Path(__file__).resolve().parents[3]
+        libs = sorted((root / ".tools" / "ort").glob("libonnxruntime.so*"))
+        if libs:
+            env["ORT_DYLIB_PATH"] = str(libs[-1])
+    return env
 
 
 def _vm_hwm_kib(pid: int) -> int | None:
