@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from . import __version__, bundle, contracts
+from .reference import ExportError
 
 PROJECT = Path(__file__).resolve().parents[3]
 EXPORT_DIR = Path(__file__).resolve().parents[1]
@@ -279,7 +280,7 @@ def run_model(model: str, a) -> dict:
     gc.collect()
     build_s = time.time() - t_start
 
-    out = bundle.begin_bundle(a.out)
+    out = bundle.begin_bundle(a.out, stale=("model.onnx", "model.onnx.data"))
     print(f"[{model}] exporting ONNX ({ex.params / 1e6:.1f} M parameters) ...", file=sys.stderr)
     info = common.export_onnx(ex, out / "model.onnx")
     sess = common.session(out / "model.onnx", a.threads)
@@ -315,7 +316,7 @@ def run_model(model: str, a) -> dict:
     if verification and not verification["passed"]:
         report["error"] = f"max |diff| {verification['max_abs_diff']:.3g} > tolerance {a.tolerance:g}: manifest NOT written"
     else:
-        bundle.write_manifest(out, manifest)
+        bundle.write_manifest(out, manifest, files=info["files"])
         if not a.no_rust:
             from .rust import service_check
 
@@ -493,13 +494,9 @@ def main(argv=None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # noqa: BLE001 - every failure ends as a report line
-        from .reference import ReferenceError_
-
-        if isinstance(e, ReferenceError_):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     write_report(report, Path(a.out) / "export_report.json", a.report)
     print(json.dumps({k: report.get(k) for k in ("model", "bundle", "params", "export_s", "onnx_bytes", "verification", "error")},
                      indent=2, default=str))

@@ -65,11 +65,19 @@ def export_onnx(ex: Exported, path: Path, opset: int = OPSET) -> dict:
             verbose=False,
         )
     big = sum(int(np.prod(v.shape)) * v.element_size() for v in ex.module.state_dict().values()) > 1.9e9
-    tmp = path.with_suffix(".onnx.tmp")
-    prog.save(str(tmp), external_data=big)
+    files = ["model.onnx"]
+    if big:
+        # over protobuf's 2 GB: weights in model.onnx.data beside the graph (listed in [files];
+        # ONNX Runtime reads it relative to model.onnx). Written in place: the reference inside the
+        # graph names the data file.
+        prog.save(str(path), external_data=True)
+        files.append(path.name + ".data")
+    else:
+        tmp = path.with_suffix(".onnx.tmp")
+        prog.save(str(tmp), external_data=False)
+        os.replace(tmp, path)
     del prog
     free()
-    os.replace(tmp, path)
     export_s = time.time() - t0
     onnx.checker.check_model(str(path))  # by path: works for any size
     m = onnx.load(str(path), load_external_data=False)
@@ -79,7 +87,8 @@ def export_onnx(ex: Exported, path: Path, opset: int = OPSET) -> dict:
     del m
     if got_in != names_in or got_out != names_out:
         raise RuntimeError(f"exported graph has inputs {got_in} / outputs {got_out}, expected {names_in} / {names_out}")
-    return {"export_s": export_s, "opset": int(real_opset), "onnx_bytes": path.stat().st_size}
+    size = sum((path.parent / f).stat().st_size for f in files if (path.parent / f).exists())
+    return {"export_s": export_s, "opset": int(real_opset), "onnx_bytes": size, "files": files}
 
 
 def session(path: Path, threads: int | None = None):

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from . import contracts
 from .common import Exported, count_params, diff_stats, load_torch, sigmoid, softmax_pair
-from .reference import ReferenceRepo, redirect_cuda, unwrap_beartype
+from .reference import ExportError, ReferenceRepo, redirect_cuda, unwrap_beartype
 
 CTVIT_KWARGS = dict(dim=512, codebook_size=8192, image_size=480, patch_size=20, temporal_patch_size=10,
                     spatial_depth=4, temporal_depth=4, dim_head=32, heads=8)
@@ -41,7 +41,7 @@ GRAPH_KEYS_CTCLIP = ("visual_transformer.", "to_visual_latent.", "temperature", 
 GRAPH_KEYS_SUPERVISED = ("ct_clip.visual_transformer.", "ct_clip.to_visual_latent.", "pre_head_norm.", "classifier.")
 
 
-class MissingWeights(Exception):
+class MissingWeights(ExportError):
     pass
 
 
@@ -255,7 +255,7 @@ def export_ctclip(repo: ReferenceRepo, checkpoint: Path, text_encoder: Path, vol
     names = contracts.CTCLIP_PATHOLOGIES
     ref_names = repo.literal("api/inference_service.py", "CTCLIP_PATHOLOGIES")
     if list(ref_names) != names:
-        raise ValueError("the checkout's CTCLIP_PATHOLOGIES differ from the 55 names ctclip-svc serves")
+        raise ExportError("the checkout's CTCLIP_PATHOLOGIES differ from the 55 names ctclip-svc serves")
     notes = []
     clip, tokenizer = build_ctclip(repo, text_encoder)
     ck = load_torch(checkpoint)  # the reference: torch.load(path, map_location=device)

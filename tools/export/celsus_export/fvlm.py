@@ -32,7 +32,7 @@ from pathlib import Path
 
 from . import contracts
 from .common import Exported, count_params, diff_stats, load_torch, softmax_pair
-from .reference import ReferenceRepo
+from .reference import ExportError, ReferenceRepo
 
 TEST_ITEMS_SOURCE = ("fvlm/inference_nifti_separate_masks.py", "NiftiInferenceSeparateMasks", "test_items")
 DEFAULT_CONFIG = "fvlm/lavis/projects/blip/train/pretrain_ct.yaml"
@@ -46,7 +46,7 @@ def test_items(repo: ReferenceRepo):
     missing = [k for k in want if k not in by_key]
     extra = [k for k in by_key if k not in want]
     if missing or extra or len(items) != len(want):
-        raise ValueError(f"the checkout's fVLM test items differ from the 18 the bundle contract lists "
+        raise ExportError(f"the checkout's fVLM test items differ from the 18 the bundle contract lists "
                          f"(missing {missing}, extra {extra})")
     return [by_key[k] for k in want]
 
@@ -162,7 +162,7 @@ def export(repo: ReferenceRepo, checkpoint: Path, mae_weights: Path, bert: Path,
     model, cfg_path, res = build(repo, checkpoint, mae_weights, bert, config)
     notes = [f"load_state_dict(strict=False): {len(res.missing_keys)} missing, {len(res.unexpected_keys)} unexpected keys"]
     if list(model.organs) != contracts.FVLM_ORGANS:
-        raise ValueError(f"model.organs {model.organs} differ from the service's organ order {contracts.FVLM_ORGANS}")
+        raise ExportError(f"model.organs {model.organs} differ from the service's organ order {contracts.FVLM_ORGANS}")
     with torch.no_grad():
         feats = model.prepare_text_feat(items)  # the reference's own text path: {item: [2, 256] (neg, pos)}
     text = torch.stack([feats[tuple(it)] for it in items]).float()  # [18, 2, 256]

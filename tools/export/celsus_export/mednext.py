@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import contracts
 from .common import Exported, count_params, diff_stats, sigmoid, softmax
-from .reference import ReferenceRepo
+from .reference import ExportError, ReferenceRepo
 
 
 def init(repo: ReferenceRepo, checkpoint: Path, config: Path):
@@ -67,10 +67,10 @@ def export(repo: ReferenceRepo, checkpoint: Path, config: Path, volume, ignore_b
         msg = ("the config enables crop_by_body_part (KMeans body crop), which mednext-svc does not implement: "
                "its inputs will differ from the reference's")
         if not ignore_body_crop:
-            raise ValueError(msg + " (--ignore-body-crop exports anyway)")
+            raise ExportError(msg + " (--ignore-body-crop exports anyway)")
         notes.append("WARNING: " + msg)
     if int(art.config.get("in_channels", 1)) != 1:
-        raise ValueError("in_channels != 1: the service feeds one CT channel")
+        raise ExportError("in_channels != 1: the service feeds one CT channel")
     if art.input_dtype == torch.float16:
         dtype_name = "float16"
     else:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from . import contracts
 from .bundle import RANDOM_MARKER
-from .reference import ReferenceRepo
+from .reference import ExportError, ReferenceRepo
 
 BERT_CONFIG = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                    intermediate_size=3072, hidden_act="gelu", hidden_dropout_prob=0.25, attention_probs_dropout_prob=0.25,
@@ -246,7 +246,7 @@ def main(a) -> int:
     }
     for name in only:
         if name not in steps:
-            raise ValueError(f"--only: unknown {name}")
+            raise ExportError(f"--only: unknown {name}")
         if name in ("ctclip", "supervised", "fvlm") and not (bert / "config.json").exists():
             steps["bert"]()
         print(f"[random-checkpoints] {name} ...", flush=True)

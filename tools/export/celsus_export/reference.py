@@ -45,7 +45,11 @@ LAYOUT = {
 }
 
 
-class ReferenceError_(Exception):
+class ExportError(Exception):
+    """A stated reason why a model cannot be exported (reported without a traceback, exit code 2)."""
+
+
+class ReferenceError_(ExportError):
     """The checkout is missing, incomplete, or inside this project."""
 
 
