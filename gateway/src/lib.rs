@@ -74,6 +74,7 @@ pub async fn run_with_resolver(config: Config, http: TcpListener, admin: TcpList
         queue_depth = config.queue_depth,
         max_body_bytes = config.max_body_bytes,
         request_timeout_s = config.request_timeout.as_secs_f64(),
+        shared_volume_dir = config.shared_volume_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "none (volumes streamed)".into()),
         "listening (REST: /predict, /predict_nifti, /health; admin: /live, /ready, /metrics)"
     );
     let server = axum::serve(http, router).with_graceful_shutdown(shutdown.wait());
