@@ -390,16 +390,17 @@ impl SharedVolume {
                 Ok(None) => break,
                 Err(s) => return Err(error::from_preprocess(&s, endpoint)),
             };
-            match chunk.part {
-                Some(volume_chunk::Part::Voxels(b) | volume_chunk::Part::LungMask(b)) => {
-                    if b.offset + b.data.len() as u64 > expected || written + b.data.len() as u64 > expected {
-                        return Err(ApiError::internal("preprocess-svc sent more volume bytes than its header announced"));
-                    }
-                    file.write_all(&b.data).map_err(io)?;
-                    written += b.data.len() as u64;
-                }
+            // the file is the voxels then the mask, in order: each chunk must start where the file ends
+            let (b, start, end) = match chunk.part {
+                Some(volume_chunk::Part::Voxels(b)) => (b, 0, header.voxel_bytes),
+                Some(volume_chunk::Part::LungMask(b)) => (b, header.voxel_bytes, expected),
                 _ => return Err(ApiError::internal("preprocess-svc sent an unexpected part after the volume header")),
+            };
+            if start + b.offset != written || written + b.data.len() as u64 > end {
+                return Err(ApiError::internal("preprocess-svc's volume chunks are out of order or exceed its header"));
             }
+            file.write_all(&b.data).map_err(io)?;
+            written += b.data.len() as u64;
         }
         if written != expected {
             return Err(ApiError::internal(format!("preprocess-svc's volume stream ended after {written} of {expected} bytes")));
