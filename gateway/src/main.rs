@@ -35,7 +35,12 @@ fn args_with_default_command() -> Vec<std::ffi::OsString> {
     args
 }
 
+/// mimalloc, keeping freed memory for the next study: see `ct_service::alloc`.
+#[global_allocator]
+static ALLOCATOR: ct_service::alloc::Allocator = ct_service::alloc::Allocator;
+
 fn main() -> ExitCode {
+    ct_service::alloc::configure();
     let cli = Cli::parse_from(args_with_default_command());
     match cli.command {
         Command::Openapi => {

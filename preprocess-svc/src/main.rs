@@ -9,11 +9,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// mimalloc keeps freed memory for reuse: every slice decode allocates and frees buffers of
-/// hundreds of KB, which glibc's malloc hands back to the kernel (mmap/munmap, page faults and
-/// page zeroing on every file); with mimalloc that system time is about halved.
+/// mimalloc keeps freed memory for reuse (see `ct_service::alloc`): every slice decode allocates
+/// and frees buffers of hundreds of KB, which glibc's malloc hands back to the kernel (mmap/munmap,
+/// page faults and page zeroing on every file); with mimalloc that system time is about halved.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: ct_service::alloc::Allocator = ct_service::alloc::Allocator;
 
 #[derive(Parser)]
 #[command(version, about = "Chest-CT study (ZIP/folder of DICOM, .nii, .nii.gz) -> canonical HU volume + lung mask")]
@@ -66,6 +66,7 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
+    ct_service::alloc::configure();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {

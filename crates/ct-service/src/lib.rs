@@ -8,6 +8,9 @@
 //! - [`grpc_router`] / [`serve_grpc`]: a tonic server with `grpc.health.v1` and reflection.
 //! - [`Readiness`] + [`admin_router`] / [`serve_admin`]: the admin port with `/live`, `/ready`
 //!   (200 only once the service is loaded and warmed up) and `/metrics` (Prometheus text).
+//! - [`alloc`]: the global allocator of every service binary (mimalloc, keeping freed memory).
+
+pub mod alloc;
 
 use std::future::Future;
 use std::sync::Arc;

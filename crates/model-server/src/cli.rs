@@ -65,6 +65,7 @@ struct ServeArgs {
 
 /// The `main` of a model service binary.
 pub fn main<A: Adapter>() -> ExitCode {
+    ct_service::alloc::configure();
     ct_service::init_tracing();
     let cli = Cli::parse();
     let result = match cli.command {

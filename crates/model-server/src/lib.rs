@@ -19,6 +19,8 @@ pub mod phantom;
 pub mod server;
 pub mod testing;
 
+/// The services' global allocator settings (re-exported for the model binaries' `main.rs`).
+pub use ct_service::alloc;
 pub use adapter::{Adapter, AdapterOptions, ModelError, Runner, Study, activate};
 pub use bundle::{Bundle, BundleError, DType};
 pub use engine::{EngineConfig, EngineError, Input, Output, Provider};
