@@ -189,7 +189,7 @@ impl Pipeline {
             Endpoint::Nifti => InputFormat::Nifti,
         };
         let (tx, rx) = mpsc::channel::<ArchiveChunk>(UPLOAD_BUFFER);
-        let header = ArchiveHeader { format: format as i32, total_bytes: 0, filename: upload.filename, options: Some(PrepareOptions { skip_lung_validation: false, omit_lung_mask: false }) };
+        let header = ArchiveHeader { format: format as i32, total_bytes: 0, filename: upload.filename, options: Some(PrepareOptions { shared_volume: self.config.shared_volume_dir.is_some(), ..Default::default() }) };
         tx.send(ArchiveChunk { part: Some(archive_chunk::Part::Header(header)) }).await.map_err(|_| ApiError::internal("upload channel closed before the header"))?;
         let mut preprocess = self.clients.preprocess.clone();
         let call = preprocess.prepare(with_request_id(ReceiverStream::new(rx), request_id));
@@ -287,7 +287,7 @@ impl Pipeline {
         // one-machine mode: the payloads go to a shared file first, the models get its name
         let write_started = Instant::now();
         let shared = match &self.config.shared_volume_dir {
-            Some(dir) => Some(SharedVolume::write(dir, request_id, &mut volume, header, endpoint).await?),
+            Some(dir) => Some(SharedVolume::receive(dir, request_id, &mut volume, header, endpoint).await?),
             None => None,
         };
         let shared_write_ms = ms(write_started.elapsed());
@@ -370,8 +370,9 @@ struct SharedVolume {
 }
 
 impl SharedVolume {
-    /// Writes the payload chunks of `volume` (voxels, then the mask) to a new file in `dir`.
-    async fn write(dir: &std::path::Path, request_id: &str, volume: &mut tonic::Streaming<VolumeChunk>, header: &VolumeHeader, endpoint: Endpoint) -> Result<Self, ApiError> {
+    /// The study's payloads as a file of `dir`: preprocess-svc's own file when it wrote one (a
+    /// `shared` part, claimed by renaming it), else the payload chunks written to a new file.
+    async fn receive(dir: &std::path::Path, request_id: &str, volume: &mut tonic::Streaming<VolumeChunk>, header: &VolumeHeader, endpoint: Endpoint) -> Result<Self, ApiError> {
         use std::io::Write;
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -379,19 +380,36 @@ impl SharedVolume {
         let name = format!("ct-{}-{seq}-{id}.vol", std::process::id());
         let path = dir.join(&name);
         let io = |e: std::io::Error| ApiError::internal(format!("shared volume folder {}: {e}", dir.display()));
+        let expected = header.voxel_bytes + if header.has_lung_mask { header.mask_bytes } else { 0 };
+        let first = next_chunk(volume, endpoint).await?;
+        if let Some(VolumeChunk { part: Some(volume_chunk::Part::Shared(s)) }) = &first {
+            // claim preprocess-svc's file: from the rename on it is ours to remove
+            let theirs = ct_proto::codec::shared_path(dir, &s.file).map_err(|e| ApiError::internal(format!("preprocess-svc's shared volume: {e}")))?;
+            tokio::task::spawn_blocking({
+                let (theirs, path) = (theirs.clone(), path.clone());
+                move || std::fs::rename(theirs, path)
+            })
+            .await
+            .map_err(|e| ApiError::internal(format!("shared volume claim task: {e}")))?
+            .map_err(|e| ApiError::internal(format!("claiming preprocess-svc's shared volume {} (is CT_SHARED_VOLUME_DIR the same folder for both?): {e}", theirs.display())))?;
+            let this = Self { path, name };
+            let meta = std::fs::symlink_metadata(&this.path).map_err(io)?;
+            if !meta.file_type().is_file() || meta.len() < expected {
+                return Err(ApiError::internal(format!("preprocess-svc's shared volume holds {} bytes, its header announces {expected}", meta.len())));
+            }
+            if next_chunk(volume, endpoint).await?.is_some() {
+                return Err(ApiError::internal("preprocess-svc sent more after its shared volume"));
+            }
+            return Ok(this);
+        }
         let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(io)?;
         let this = Self { path, name }; // from here on the file is removed on every exit
         let mut file = std::io::BufWriter::with_capacity(4 << 20, file);
-        let expected = header.voxel_bytes + if header.has_lung_mask { header.mask_bytes } else { 0 };
         let mut written = 0u64;
-        loop {
-            let chunk = match volume.message().await {
-                Ok(Some(c)) => c,
-                Ok(None) => break,
-                Err(s) => return Err(error::from_preprocess(&s, endpoint)),
-            };
+        let mut chunk = first;
+        while let Some(c) = chunk {
             // the file is the voxels then the mask, in order: each chunk must start where the file ends
-            let (b, start, end) = match chunk.part {
+            let (b, start, end) = match c.part {
                 Some(volume_chunk::Part::Voxels(b)) => (b, 0, header.voxel_bytes),
                 Some(volume_chunk::Part::LungMask(b)) => (b, header.voxel_bytes, expected),
                 _ => return Err(ApiError::internal("preprocess-svc sent an unexpected part after the volume header")),
@@ -401,6 +419,7 @@ impl SharedVolume {
             }
             file.write_all(&b.data).map_err(io)?;
             written += b.data.len() as u64;
+            chunk = next_chunk(volume, endpoint).await?;
         }
         if written != expected {
             return Err(ApiError::internal(format!("preprocess-svc's volume stream ended after {written} of {expected} bytes")));
@@ -422,6 +441,11 @@ impl Drop for SharedVolume {
             tracing::warn!(file = %self.path.display(), error = %e, "could not remove a shared volume file");
         }
     }
+}
+
+/// The next message of preprocess-svc's volume stream.
+async fn next_chunk(volume: &mut tonic::Streaming<VolumeChunk>, endpoint: Endpoint) -> Result<Option<VolumeChunk>, ApiError> {
+    volume.message().await.map_err(|s| error::from_preprocess(&s, endpoint))
 }
 
 /// What the model services answered.

@@ -61,6 +61,11 @@ struct ServeArgs {
     /// Studies prepared at the same time (each holds its archive and volume in memory).
     #[arg(long, env = "CT_PREPROCESS_CONCURRENCY", default_value_t = 2)]
     max_concurrent: usize,
+    /// One-machine mode: a folder (tmpfs) shared with the gateway and the model services. Callers
+    /// that ask for it get each volume as a file there instead of a gRPC chunk stream (unset:
+    /// always streamed).
+    #[arg(long, env = "CT_SHARED_VOLUME_DIR")]
+    shared_volume_dir: Option<PathBuf>,
     #[command(flatten)]
     cfg: PrepareConfig,
 }
@@ -138,8 +143,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
         let admin = tokio::net::TcpListener::bind(args.admin_addr).await.with_context(|| format!("binding admin {}", args.admin_addr))?;
-        tracing::info!(version = env!("CARGO_PKG_VERSION"), "preprocess-svc starting");
-        preprocess_svc::service::run(listener, Some(admin), Preprocessor::new(args.cfg, args.max_concurrent), ct_service::Shutdown::on_signals()).await
+        if let Some(dir) = &args.shared_volume_dir {
+            anyhow::ensure!(dir.is_dir(), "--shared-volume-dir {} is not a folder", dir.display());
+        }
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), shared_volume_dir = ?args.shared_volume_dir, "preprocess-svc starting");
+        let svc = Preprocessor::new(args.cfg, args.max_concurrent).with_shared_dir(args.shared_volume_dir);
+        preprocess_svc::service::run(listener, Some(admin), svc, ct_service::Shutdown::on_signals()).await
     })
 }
 

@@ -5,10 +5,12 @@ use crate::series::Selection;
 use crate::PrepError;
 use ct_proto::codec;
 use ct_proto::v1::preprocess_service_server::{PreprocessService, PreprocessServiceServer};
-use ct_proto::v1::{ArchiveChunk, LungValidation, SeriesSelection, VolumeChunk, VolumeHeader, archive_chunk};
+use ct_proto::v1::{ArchiveChunk, LungValidation, SeriesSelection, VolumeChunk, VolumeHeader, archive_chunk, volume_chunk};
 use futures::Stream;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -19,7 +21,15 @@ pub struct Preprocessor {
     /// Bounds the studies prepared at once (each holds its archive and volume in memory).
     permits: Arc<Semaphore>,
     metrics: Metrics,
+    /// One-machine mode: the folder (tmpfs) where volumes are written for callers that ask for it.
+    shared_dir: Option<PathBuf>,
+    /// See [`SHARED_CLAIM_GRACE`].
+    claim_grace: Duration,
 }
+
+/// How long a shared volume file written for a caller waits to be claimed (renamed) before the
+/// service removes it: a caller that went away must not leave 100s of MB in tmpfs.
+pub const SHARED_CLAIM_GRACE: Duration = Duration::from_secs(60);
 
 /// Prometheus metrics of the service (admin port `/metrics`).
 #[derive(Clone)]
@@ -31,6 +41,10 @@ pub struct Metrics {
     seconds: prometheus::Histogram,
     /// `ct_preprocess_in_flight`: Prepare calls being received or prepared.
     in_flight: prometheus::IntGauge,
+    /// `ct_preprocess_stage_seconds{stage}`: `receive` (the archive's transfer), the pipeline's
+    /// compute stages (`open_archive`, `headers`, `decode_assemble`, `lungs`; NIfTI: `nifti`),
+    /// and `shared_write` (one-machine mode) of successful studies.
+    stage_seconds: prometheus::HistogramVec,
 }
 
 impl Metrics {
@@ -42,16 +56,36 @@ impl Metrics {
         )
         .expect("static metric");
         let in_flight = prometheus::IntGauge::new("ct_preprocess_in_flight", "Prepare calls being received or prepared").expect("static metric");
+        let stage_seconds = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new("ct_preprocess_stage_seconds", "Time per stage of successful studies (receive, compute stages, shared_write)")
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]),
+            &["stage"],
+        )
+        .expect("static metric");
+        registry.register(Box::new(stage_seconds.clone())).expect("unique metric");
         registry.register(Box::new(requests.clone())).expect("unique metric");
         registry.register(Box::new(seconds.clone())).expect("unique metric");
         registry.register(Box::new(in_flight.clone())).expect("unique metric");
-        Self { registry, requests, seconds, in_flight }
+        Self { registry, requests, seconds, in_flight, stage_seconds }
     }
 }
 
 impl Preprocessor {
     pub fn new(cfg: PrepareConfig, max_concurrent: usize) -> Self {
-        Self { cfg, permits: Arc::new(Semaphore::new(max_concurrent.max(1))), metrics: Metrics::new() }
+        Self { cfg, permits: Arc::new(Semaphore::new(max_concurrent.max(1))), metrics: Metrics::new(), shared_dir: None, claim_grace: SHARED_CLAIM_GRACE }
+    }
+
+    /// One-machine mode: callers that ask for it (`PrepareOptions.shared_volume`) get the volume
+    /// as a file in `dir` (a tmpfs folder they share) instead of a chunk stream.
+    pub fn with_shared_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.shared_dir = dir;
+        self
+    }
+
+    /// How long an unclaimed shared volume file is kept (default [`SHARED_CLAIM_GRACE`]).
+    pub fn with_claim_grace(mut self, grace: Duration) -> Self {
+        self.claim_grace = grace;
+        self
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -122,6 +156,7 @@ impl PreprocessService for Preprocessor {
 
 impl Preprocessor {
     async fn prepare_inner(&self, request: Request<Streaming<ArchiveChunk>>) -> Result<Response<VolumeStream>, Status> {
+        let received = Instant::now();
         let mut stream = request.into_inner();
         let first = stream.next().await.ok_or_else(|| PrepError::not_archive("empty request stream").to_status())??;
         let Some(archive_chunk::Part::Header(header)) = first.part else {
@@ -144,6 +179,7 @@ impl Preprocessor {
                 None => {}
             }
         }
+        let receive_s = received.elapsed().as_secs_f64();
         let permit = self.permits.clone().acquire_owned().await.map_err(|_| Status::unavailable("shutting down"))?;
         let mut cfg = self.cfg.clone();
         let opts = header.options.unwrap_or_default();
@@ -168,11 +204,43 @@ impl Preprocessor {
             }
         };
         tracing::info!(study_uid = %prepared.meta.study_uid, series_uid = %prepared.meta.series_uid, dims = ?prepared.volume.dims(), "volume ready");
+        let stages = &self.metrics.stage_seconds;
+        stages.with_label_values(&["receive"]).observe(receive_s);
+        for (stage, ms) in &prepared.meta.timings_ms {
+            stages.with_label_values(&[stage.as_str()]).observe(ms / 1e3);
+        }
+        let shared_dir = self.shared_dir.clone().filter(|_| opts.shared_volume);
+        let shared_write = stages.with_label_values(&["shared_write"]);
         let (tx, rx) = mpsc::channel(4);
+        let (runtime, claim_grace) = (tokio::runtime::Handle::current(), self.claim_grace);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let header = volume_header(&prepared, skipped);
             let mask = if opts.omit_lung_mask { None } else { prepared.lung_mask.as_ref() };
+            if let Some(dir) = shared_dir {
+                let t = Instant::now();
+                match write_shared(&dir, header, &prepared, mask) {
+                    Ok((chunks, path)) => {
+                        shared_write.observe(t.elapsed().as_secs_f64());
+                        drop(prepared);
+                        let sent = chunks.into_iter().all(|c| tx.blocking_send(Ok(c)).is_ok());
+                        if sent {
+                            // the caller claims the file by renaming it; otherwise it goes after the grace period
+                            runtime.spawn(async move {
+                                tokio::time::sleep(claim_grace).await;
+                                remove_unclaimed(&path);
+                            });
+                        } else {
+                            remove_unclaimed(&path); // client went away
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(dir = %dir.display(), error = %e, "could not write the shared volume file");
+                        let _ = tx.blocking_send(Err(PrepError::Internal(format!("writing the shared volume file: {e}")).to_status()));
+                    }
+                }
+                return;
+            }
             for chunk in codec::encode(header, &prepared.volume, mask) {
                 if tx.blocking_send(Ok(chunk)).is_err() {
                     break; // client went away
@@ -180,6 +248,29 @@ impl Preprocessor {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Writes the study's payloads to a new file in `dir`; returns the header and `shared` messages
+/// and the file's path.
+fn write_shared(dir: &std::path::Path, header: VolumeHeader, prepared: &Prepared, mask: Option<&ndarray::Array3<u8>>) -> std::io::Result<([VolumeChunk; 2], PathBuf)> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let name = format!("ct-prep-{}-{}.vol", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+    let path = dir.join(&name);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    codec::write_shared_file(&path, &prepared.volume, mask, threads)?;
+    let header = codec::fill_header(header, &prepared.volume, mask);
+    let shared = VolumeChunk { part: Some(volume_chunk::Part::Shared(ct_proto::v1::SharedPayload { file: name })) };
+    Ok(([VolumeChunk { part: Some(volume_chunk::Part::Header(header)) }, shared], path))
+}
+
+/// Removes a shared volume file nobody claimed (a claimed one was renamed: nothing to do).
+fn remove_unclaimed(path: &std::path::Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => tracing::warn!(file = %path.display(), "removed a shared volume file its caller did not claim"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(file = %path.display(), error = %e, "could not remove an unclaimed shared volume file"),
     }
 }
 

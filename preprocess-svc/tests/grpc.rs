@@ -3,18 +3,22 @@
 
 use ct_proto::codec::VolumeAssembler;
 use ct_proto::v1::preprocess_service_client::PreprocessServiceClient;
-use ct_proto::v1::{ArchiveChunk, ArchiveHeader, InputFormat, PrepareOptions, archive_chunk};
+use ct_proto::v1::{ArchiveChunk, ArchiveHeader, InputFormat, PrepareOptions, VolumeChunk, archive_chunk, volume_chunk};
 use preprocess_svc::service::{Preprocessor, run};
 use preprocess_svc::{PrepareConfig, prepare_path};
 use std::path::PathBuf;
 use tonic::transport::Channel;
 
 async fn start() -> (Channel, ct_service::Shutdown, std::net::SocketAddr) {
+    start_with(Preprocessor::new(PrepareConfig::default(), 2)).await
+}
+
+async fn start_with(svc: Preprocessor) -> (Channel, ct_service::Shutdown, std::net::SocketAddr) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (addr, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
     let stop = ct_service::Shutdown::new();
-    tokio::spawn(run(listener, Some(admin), Preprocessor::new(PrepareConfig::default(), 2), stop.clone()));
+    tokio::spawn(run(listener, Some(admin), svc, stop.clone()));
     let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
     (channel, stop, admin_addr)
 }
@@ -52,7 +56,7 @@ async fn streams_a_real_study_in_and_the_volume_out() {
     let (channel, stop, admin) = start().await;
     let mut client = PreprocessServiceClient::new(channel.clone());
     let bytes = std::fs::read(philips_study()).unwrap();
-    let opts = PrepareOptions { skip_lung_validation: true, omit_lung_mask: false };
+    let opts = PrepareOptions { skip_lung_validation: true, ..Default::default() };
     let mut stream = client.prepare(request(bytes, opts)).await.unwrap().into_inner();
     let mut asm = VolumeAssembler::new(1 << 32);
     let mut chunks = 0;
@@ -97,5 +101,69 @@ async fn bad_input_gets_a_typed_status_and_the_service_keeps_serving() {
     }
     assert_eq!(admin_get(admin, "/ready").await.0, 200);
     assert!(admin_get(admin, "/metrics").await.1.contains("ct_preprocess_requests_total"));
+    stop.trigger();
+}
+
+/// Every message of a Prepare call.
+async fn prepare_all(client: &mut PreprocessServiceClient<Channel>, bytes: Vec<u8>, opts: PrepareOptions) -> Vec<VolumeChunk> {
+    let mut stream = client.prepare(request(bytes, opts)).await.unwrap().into_inner();
+    let mut out = Vec::new();
+    while let Some(c) = stream.message().await.unwrap() {
+        out.push(c);
+    }
+    out
+}
+
+fn shared_file(chunks: &[VolumeChunk]) -> String {
+    match &chunks[..] {
+        [VolumeChunk { part: Some(volume_chunk::Part::Header(_)) }, VolumeChunk { part: Some(volume_chunk::Part::Shared(s)) }] => s.file.clone(),
+        other => panic!("expected a header and a shared part, got {} messages", other.len()),
+    }
+}
+
+#[tokio::test]
+async fn one_machine_mode_writes_a_shared_file_that_is_removed_unless_claimed() {
+    let dir = tempfile::tempdir().unwrap();
+    let grace = std::time::Duration::from_millis(300);
+    let svc = Preprocessor::new(PrepareConfig::default(), 2).with_shared_dir(Some(dir.path().to_path_buf())).with_claim_grace(grace);
+    let (channel, stop, admin) = start_with(svc).await;
+    let mut client = PreprocessServiceClient::new(channel);
+    let study = std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/studies/chest_abnormal.zip")).unwrap();
+
+    // streamed (not asked for) and shared give the same header, volume and lung mask
+    let streamed = prepare_all(&mut client, study.clone(), PrepareOptions::default()).await;
+    assert!(streamed.len() > 2);
+    let mut asm = VolumeAssembler::new(1 << 32);
+    streamed.into_iter().for_each(|c| asm.push(c).unwrap());
+    let expected = asm.finish().unwrap();
+    assert!(expected.2.is_some(), "the lung mask is sent");
+
+    let shared = prepare_all(&mut client, study.clone(), PrepareOptions { shared_volume: true, ..Default::default() }).await;
+    let name = shared_file(&shared);
+    assert!(name.starts_with("ct-prep-") && dir.path().join(&name).is_file(), "{name}");
+    let mut asm = VolumeAssembler::new(1 << 32).with_shared_dir(Some(dir.path().to_path_buf()));
+    shared.into_iter().for_each(|c| asm.push(c).unwrap());
+    assert_eq!(asm.finish().unwrap(), expected);
+
+    // nobody claimed it: removed after the grace period
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while dir.path().join(&name).exists() {
+        assert!(std::time::Instant::now() < deadline, "unclaimed {name} was not removed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // claimed by renaming: the service leaves it alone
+    let name = shared_file(&prepare_all(&mut client, study, PrepareOptions { shared_volume: true, omit_lung_mask: true, ..Default::default() }).await);
+    let claimed = dir.path().join("claimed.vol");
+    std::fs::rename(dir.path().join(&name), &claimed).unwrap();
+    tokio::time::sleep(grace * 3).await;
+    let h = &expected.0;
+    assert_eq!(std::fs::metadata(&claimed).unwrap().len(), h.voxel_bytes, "omit_lung_mask: voxels only");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+
+    let metrics = admin_get(admin, "/metrics").await.1;
+    for stage in ["receive", "decode_assemble", "lungs", "shared_write"] {
+        assert!(metrics.contains(&format!("ct_preprocess_stage_seconds_count{{stage=\"{stage}\"}} ")), "{stage}: {metrics}");
+    }
     stop.trigger();
 }

@@ -34,7 +34,19 @@ pub enum CodecError {
 
 /// Fills the geometry/payload fields of `header` from `volume` and `mask`, and returns the
 /// message stream. Metadata (UIDs, kernel, selection, warnings, lung validation) is the caller's.
-pub fn encode<'a>(mut header: VolumeHeader, volume: &'a Volume, mask: Option<&'a Array3<u8>>) -> impl Iterator<Item = VolumeChunk> + 'a {
+pub fn encode<'a>(header: VolumeHeader, volume: &'a Volume, mask: Option<&'a Array3<u8>>) -> impl Iterator<Item = VolumeChunk> + 'a {
+    let header = fill_header(header, volume, mask);
+    let voxel_chunks: Box<dyn Iterator<Item = VolumeChunk> + 'a> = match volume.voxels() {
+        Voxels::I16(a) => Box::new(chunked(a.as_slice().expect("standard layout"), Part::Voxels)),
+        Voxels::F32(a) => Box::new(chunked(a.as_slice().expect("standard layout"), Part::Voxels)),
+    };
+    let mask_chunks = mask.into_iter().flat_map(|m| chunked(m.as_slice().expect("standard layout"), Part::LungMask));
+    std::iter::once(VolumeChunk { part: Some(Part::Header(header)) }).chain(voxel_chunks).chain(mask_chunks)
+}
+
+/// `header` with its geometry and payload fields (dims, spacing, orientation, origin, slice
+/// positions, voxel type, byte counts, mask presence) taken from `volume` and `mask`.
+pub fn fill_header(mut header: VolumeHeader, volume: &Volume, mask: Option<&Array3<u8>>) -> VolumeHeader {
     let g = volume.geometry();
     header.dims = volume.dims().iter().map(|&d| d as u32).collect();
     header.spacing_mm = g.spacing_mm.to_vec();
@@ -49,13 +61,49 @@ pub fn encode<'a>(mut header: VolumeHeader, volume: &'a Volume, mask: Option<&'a
     header.voxel_bytes = (n * volume.voxels().bytes_per_voxel()) as u64;
     header.has_lung_mask = mask.is_some();
     header.mask_bytes = mask.map_or(0, |m| m.len() as u64);
+    header
+}
 
-    let voxel_chunks: Box<dyn Iterator<Item = VolumeChunk> + 'a> = match volume.voxels() {
-        Voxels::I16(a) => Box::new(chunked(a.as_slice().expect("standard layout"), Part::Voxels)),
-        Voxels::F32(a) => Box::new(chunked(a.as_slice().expect("standard layout"), Part::Voxels)),
+/// Writes the payloads of a `shared` part (the voxels' little-endian bytes, then the mask's) to
+/// `path`, which must not exist yet, using up to `threads` threads (each writes its own byte
+/// ranges with positioned writes; on tmpfs that is a memory copy plus page allocation, which
+/// scales with the cores). On error the partial file is removed.
+pub fn write_shared_file(path: &std::path::Path, volume: &Volume, mask: Option<&Array3<u8>>, threads: usize) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new().write(true).create_new(true).open(path)?;
+    let voxel_bytes: std::borrow::Cow<'_, [u8]> = match volume.voxels() {
+        Voxels::I16(a) => le_payload(a.as_slice().expect("standard layout")),
+        Voxels::F32(a) => le_payload(a.as_slice().expect("standard layout")),
     };
-    let mask_chunks = mask.into_iter().flat_map(|m| chunked(m.as_slice().expect("standard layout"), Part::LungMask));
-    std::iter::once(VolumeChunk { part: Some(Part::Header(header)) }).chain(voxel_chunks).chain(mask_chunks)
+    let mask_bytes: &[u8] = mask.map_or(&[], |m| m.as_slice().expect("standard layout"));
+    let total = (voxel_bytes.len() + mask_bytes.len()) as u64;
+    let result = file.set_len(total).and_then(|()| {
+        // pieces of at most 8 MiB, dealt round-robin to the threads
+        const PIECE: usize = 8 << 20;
+        let mut pieces: Vec<(u64, &[u8])> = Vec::new();
+        for (base, bytes) in [(0u64, &voxel_bytes[..]), (voxel_bytes.len() as u64, mask_bytes)] {
+            pieces.extend(bytes.chunks(PIECE).enumerate().map(|(i, c)| (base + (i * PIECE) as u64, c)));
+        }
+        let threads = threads.clamp(1, pieces.len().max(1));
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let (file, pieces) = (&file, &pieces);
+                    scope.spawn(move || pieces.iter().skip(t).step_by(threads).try_for_each(|(at, c)| file.write_all_at(c, *at)))
+                })
+                .collect();
+            handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err(std::io::Error::other("a shared-file writer thread panicked"))))
+        })
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+/// The little-endian bytes of `values`: borrowed on little-endian machines, swapped elsewhere.
+fn le_payload<T: LeBytes>(values: &[T]) -> std::borrow::Cow<'_, [u8]> {
+    if cfg!(target_endian = "little") { std::borrow::Cow::Borrowed(bytemuck::cast_slice(values)) } else { std::borrow::Cow::Owned(T::le_bytes(values)) }
 }
 
 /// Little-endian bytes of `values`, in chunks of at most [`MAX_CHUNK_BYTES`] (whole values).
@@ -459,6 +507,36 @@ mod tests {
         a.push(header).unwrap();
         a.push(chunks[1].clone()).unwrap();
         assert!(matches!(a.push(shared("s1.vol")), Err(CodecError::Shared(_))));
+    }
+
+    #[test]
+    fn shared_files_hold_the_streams_payload_bytes() {
+        // 9 x 700 x 700 i16 = 8.8 MB of voxels: two 8 MiB pieces, then the mask's
+        let vol = volume(9, 700, 700);
+        let mask = Array3::from_shape_fn((9, 700, 700), |(k, j, i)| u8::from((k + j + i) % 3 == 0));
+        let chunks: Vec<_> = encode(VolumeHeader::default(), &vol, Some(&mask)).collect();
+        let mut payload = Vec::new();
+        for c in &chunks[1..] {
+            if let Some(Part::Voxels(b) | Part::LungMask(b)) = &c.part {
+                payload.extend_from_slice(&b.data);
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for threads in [1, 2, 3, 64] {
+            let path = dir.path().join(format!("t{threads}.vol"));
+            write_shared_file(&path, &vol, Some(&mask), threads).unwrap();
+            assert!(std::fs::read(&path).unwrap() == payload, "{threads} threads");
+        }
+        let header = fill_header(VolumeHeader::default(), &vol, Some(&mask));
+        assert_eq!(chunks[0].part, Some(Part::Header(header.clone())));
+        assert_eq!(header.voxel_bytes + header.mask_bytes, payload.len() as u64);
+        // without a mask: the voxels only; an existing file is never overwritten
+        let path = dir.path().join("nomask.vol");
+        write_shared_file(&path, &vol, None, 2).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), header.voxel_bytes);
+        let err = write_shared_file(&dir.path().join("t1.vol"), &vol, None, 2).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(dir.path().join("t1.vol")).unwrap().len(), payload.len());
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub struct Stack {
     pub ensemble_bundle: PathBuf,
     /// The model services' shared-volume folder (one-machine mode); they take streamed volumes too.
     pub shared_dir: PathBuf,
+    /// A second preprocess-svc with that folder: it writes the volume file itself when asked.
+    pub preprocess_shared_url: String,
     _shared_dir: tempfile::TempDir,
     _runtime: tokio::runtime::Runtime,
 }
@@ -60,17 +62,21 @@ fn start_blocking() -> Stack {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("e2e-stack").enable_all().build().expect("stack runtime");
     let shared = tempfile::Builder::new().prefix("e2e-shared-").tempdir().expect("shared volume folder");
-    let (upstreams, ensemble_bundle) = runtime.block_on(start(shared.path().to_path_buf()));
-    Stack { upstreams, ensemble_bundle, shared_dir: shared.path().to_path_buf(), _shared_dir: shared, _runtime: runtime }
+    let (upstreams, ensemble_bundle, preprocess_shared_url) = runtime.block_on(start(shared.path().to_path_buf()));
+    Stack { upstreams, ensemble_bundle, shared_dir: shared.path().to_path_buf(), preprocess_shared_url, _shared_dir: shared, _runtime: runtime }
 }
 
-async fn start(shared_dir: PathBuf) -> (gateway::Upstreams, PathBuf) {
+async fn start(shared_dir: PathBuf) -> (gateway::Upstreams, PathBuf, String) {
     let url = |a: SocketAddr| format!("http://{a}");
 
     // preprocess-svc (lung validation on, as deployed)
     let l = tokio::net::TcpListener::from_std(bind0()).expect("listener");
     let preprocess = l.local_addr().expect("addr");
     let svc = preprocess_svc::service::Preprocessor::new(preprocess_svc::PrepareConfig::default(), 2);
+    tokio::spawn(preprocess_svc::service::run(l, None, svc, ct_service::Shutdown::new()));
+    let l = tokio::net::TcpListener::from_std(bind0()).expect("listener");
+    let preprocess_shared = l.local_addr().expect("addr");
+    let svc = preprocess_svc::service::Preprocessor::new(preprocess_svc::PrepareConfig::default(), 2).with_shared_dir(Some(shared_dir.clone()));
     tokio::spawn(preprocess_svc::service::run(l, None, svc, ct_service::Shutdown::new()));
 
     // the five model services; a deep queue: several tests send studies at the same time
@@ -104,7 +110,7 @@ async fn start(shared_dir: PathBuf) -> (gateway::Upstreams, PathBuf) {
         fvlm_url: url(models[4].1),
         ensemble_url: url(ensemble),
     };
-    (upstreams, bundle)
+    (upstreams, bundle, url(preprocess_shared))
 }
 
 /// A gateway started by a test, on the test's runtime.

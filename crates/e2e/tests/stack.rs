@@ -122,27 +122,32 @@ async fn generated_studies_get_the_expected_decisions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_machine_mode_shares_the_volume_through_a_file_and_removes_it() {
     let s = stack().await;
-    let gw = s.gateway(gateway::Config { shared_volume_dir: Some(s.shared_dir.clone()), max_in_flight: 4, ..s.gateway_config() }).await;
-    let addr = gw.addr;
-    let tasks: Vec<_> = ["chest_normal", "chest_abnormal", "chest_abnormal", "chest_normal"]
-        .into_iter()
-        .map(|name| tokio::spawn(async move { (name, http::post_file(addr, "/predict", "s.zip", &study_zip(name)).await) }))
-        .collect();
-    for t in tasks {
-        let (name, r) = t.await.expect("upload task");
-        let v = assert_success(&r);
-        assert_eq!(v["study_uid"], study_uid(name).as_str(), "{v}");
-        assert_eq!(v["pathology"], i64::from(name == "chest_abnormal"), "{name}: {v}");
+    // the gateway writes the file from preprocess-svc's stream, or preprocess-svc writes it and
+    // the gateway claims it
+    let writers = [("gateway", s.upstreams.clone()), ("preprocess-svc", gateway::Upstreams { preprocess_url: s.preprocess_shared_url.clone(), ..s.upstreams.clone() })];
+    for (writer, upstreams) in writers {
+        let gw = s.gateway(gateway::Config { upstreams, shared_volume_dir: Some(s.shared_dir.clone()), max_in_flight: 4, ..s.gateway_config() }).await;
+        let addr = gw.addr;
+        let tasks: Vec<_> = ["chest_normal", "chest_abnormal", "chest_abnormal", "chest_normal"]
+            .into_iter()
+            .map(|name| tokio::spawn(async move { (name, http::post_file(addr, "/predict", "s.zip", &study_zip(name)).await) }))
+            .collect();
+        for t in tasks {
+            let (name, r) = t.await.expect("upload task");
+            let v = assert_success(&r);
+            assert_eq!(v["study_uid"], study_uid(name).as_str(), "{writer}: {v}");
+            assert_eq!(v["pathology"], i64::from(name == "chest_abnormal"), "{writer}: {name}: {v}");
+        }
+        // every study's file is gone once it has been answered
+        let left: Vec<_> = std::fs::read_dir(&s.shared_dir).expect("shared folder").map(|e| e.expect("entry").file_name()).collect();
+        assert!(left.iter().all(|n| !n.to_string_lossy().ends_with(".vol")), "{writer}: files left behind: {left:?}");
+        gw.stop().await;
     }
-    // every study's file is gone once it has been answered
-    let left: Vec<_> = std::fs::read_dir(&s.shared_dir).expect("shared folder").map(|e| e.expect("entry").file_name()).collect();
-    assert!(left.iter().all(|n| !n.to_string_lossy().ends_with(".vol")), "files left behind: {left:?}");
-    gw.stop().await;
 
     // a model service without the shared folder refuses the file name: the study fails with a
     // clear status, and its file is removed all the same
     let fvlm = model_server::testing::spawn::<fvlm_svc::Fvlm>(&model_server::testing::demo_bundle("fvlm"), model_server::ServerConfig::default()).await;
-    let upstreams = gateway::Upstreams { fvlm_url: format!("http://{}", fvlm.grpc), ..s.upstreams.clone() };
+    let upstreams = gateway::Upstreams { fvlm_url: format!("http://{}", fvlm.grpc), preprocess_url: s.preprocess_shared_url.clone(), ..s.upstreams.clone() };
     let gw = s.gateway(gateway::Config { upstreams, shared_volume_dir: Some(s.shared_dir.clone()), ..s.gateway_config() }).await;
     let r = http::post_file(gw.addr, "/predict", "s.zip", &study_zip("chest_abnormal")).await;
     assert!(r.status >= 500, "{} {}", r.status, String::from_utf8_lossy(&r.body));
