@@ -84,8 +84,9 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Inspect { input, cfg } => report(prepare_path(&input, &cfg).map(|p| inspect_json(&p))),
-        Command::Tensor { recipe: Recipe::Ctclip, input, out, cfg } => report(prepare_path(&input, &cfg).and_then(|p| {
+        // the CLI validates the lungs but prints no mask: it is never materialised (78 MB for 300 slices)
+        Command::Inspect { input, cfg } => report(prepare_path(&input, &PrepareConfig { omit_lung_mask: true, ..cfg }).map(|p| inspect_json(&p))),
+        Command::Tensor { recipe: Recipe::Ctclip, input, out, cfg } => report(prepare_path(&input, &PrepareConfig { omit_lung_mask: true, ..cfg }).and_then(|p| {
             // streamed in blocks of 24 planes (22 MB): the 221 MB tensor is never held whole
             let io_err = |e: std::io::Error| PrepError::Internal(format!("write {}: {e}", out.display()));
             let f = std::fs::File::create(&out).map_err(io_err)?;

@@ -184,6 +184,7 @@ impl Preprocessor {
         let mut cfg = self.cfg.clone();
         let opts = header.options.unwrap_or_default();
         cfg.skip_lung_validation |= opts.skip_lung_validation;
+        cfg.omit_lung_mask |= opts.omit_lung_mask;
         let filename = (!header.filename.is_empty()).then_some(header.filename);
         let prepared = tokio::task::spawn_blocking(move || {
             let r = prepare_bytes(&bytes, filename.as_deref(), &cfg).map(|p| (p, cfg.skip_lung_validation));

@@ -7,7 +7,7 @@ use crate::intake::{self, InputKind, Limits, ZipInput};
 use crate::nifti_input::read_nifti;
 use crate::series::{self, Selection};
 use crate::PrepError;
-use ct_volume::{LungStats, LungValidation, Volume, lung_mask, validate_lungs};
+use ct_volume::{LungStats, LungValidation, Volume, lung_mask, lung_voxels_per_slice, validate_lung_counts, validate_lungs};
 use dicom_object::DefaultDicomObject;
 use ndarray::Array3;
 use rayon::prelude::*;
@@ -25,11 +25,15 @@ pub struct PrepareConfig {
     /// Skip the lung mask and the lung validation (non-chest test data only).
     #[arg(long, env = "CT_SKIP_LUNG_VALIDATION")]
     pub skip_lung_validation: bool,
+    /// Validate the lungs without keeping the mask (`Prepared::lung_mask` is `None`): for
+    /// callers that do not pass it on (the CLI; a gRPC request with `omit_lung_mask`).
+    #[arg(skip)]
+    pub omit_lung_mask: bool,
 }
 
 impl Default for PrepareConfig {
     fn default() -> Self {
-        Self { limits: Limits::default(), min_slices: 20, skip_lung_validation: false }
+        Self { limits: Limits::default(), min_slices: 20, skip_lung_validation: false, omit_lung_mask: false }
     }
 }
 
@@ -66,7 +70,7 @@ impl From<&LungStats> for LungStatsJson {
 #[derive(Debug)]
 pub struct Prepared {
     pub volume: Volume,
-    /// `[nk, nj, ni]`, 1 = lung; `None` when lung validation was skipped.
+    /// `[nk, nj, ni]`, 1 = lung; `None` when lung validation was skipped or `omit_lung_mask` set.
     pub lung_mask: Option<Array3<u8>>,
     pub meta: Metadata,
 }
@@ -84,7 +88,16 @@ impl Source for ZipInput<'_> {
 
     fn read(&self, idx: usize, header_only: bool) -> Result<Result<DefaultDicomObject, ReadFailure>, PrepError> {
         let mut handle = self.handle();
-        self.with_entry(&mut handle, self.files[idx].0, |r| dicom::read_object(r, header_only))
+        let entry = self.files[idx].0;
+        if !header_only {
+            // a slice: the whole entry in one inflate call (about twice as fast as streaming)
+            match self.read_whole(&mut handle, entry)? {
+                Some(Ok(content)) => return Ok(dicom::read_object(&mut &content[..], false)),
+                Some(Err(corrupt)) => return Ok(Err(ReadFailure::NotDicom(corrupt))),
+                None => {}
+            }
+        }
+        self.with_entry(&mut handle, entry, |r| dicom::read_object(r, header_only))
     }
 }
 
@@ -247,12 +260,17 @@ fn finish(volume: Volume, mut meta: Metadata, cfg: &PrepareConfig, timings: &mut
         return Ok(Prepared { volume, lung_mask: None, meta });
     }
     let t = Instant::now();
-    let mask = lung_mask(&volume);
-    let validation = validate_lungs(&mask, volume.geometry().spacing_mm[2]);
+    let (mask, validation) = if cfg.omit_lung_mask {
+        (None, validate_lung_counts(&lung_voxels_per_slice(&volume), volume.geometry().spacing_mm[2]))
+    } else {
+        let mask = lung_mask(&volume);
+        let validation = validate_lungs(&mask, volume.geometry().spacing_mm[2]);
+        (Some(mask), validation)
+    };
     timings.push(("lungs".into(), ms(t)));
     meta.lung = Some(validation.stats().into());
     match validation {
-        LungValidation::Passed(_) => Ok(Prepared { volume, lung_mask: Some(mask), meta }),
+        LungValidation::Passed(_) => Ok(Prepared { volume, lung_mask: mask, meta }),
         LungValidation::NotFound(s) => Err(PrepError::LungsNotFound { occupancy: s.occupancy }),
         LungValidation::TooShort(s) => Err(PrepError::LungsTooShort { length_mm: s.lung_length_mm, min_mm: ct_volume::lung::LUNG_LENGTH_THRESHOLD_MM }),
     }

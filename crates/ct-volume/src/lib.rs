@@ -13,7 +13,7 @@ pub mod npy;
 pub mod recipe;
 mod volume;
 
-pub use lung::{LungStats, LungValidation, lung_mask, validate_lungs};
+pub use lung::{LungStats, LungValidation, lung_mask, lung_voxels_per_slice, validate_lung_counts, validate_lungs};
 pub use recipe::ctclip::{CTCLIP_INPUT_SHAPE, CTCLIP_SHAPE, CtclipBlocksError, CtclipError, ctclip_tensor, ctclip_tensor_blocks};
 pub use recipe::diffusion::{DiffusionError, DiffusionParams, diffusion_slices};
 pub use recipe::fvlm::{FvlmError, FvlmOrganBox, FvlmOrganInput, FvlmParams, FvlmPlan, FvlmRoi, fvlm_inputs, fvlm_organ_input, fvlm_plan};

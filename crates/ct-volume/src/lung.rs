@@ -34,13 +34,35 @@ pub fn lung_mask(volume: &Volume) -> Array3<u8> {
     let sp = volume.geometry().spacing_mm;
     let min_pixels = (MIN_REGION_MM2 / (sp[0] * sp[1])).ceil().max(1.0) as usize;
     let mut mask = Array3::<u8>::zeros((nk, nj, ni));
-    mask.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each(|(k, mut plane)| {
-        let mut hu = vec![0f32; ni * nj];
-        volume.slice_f32(k, &mut hu);
-        let out = plane.as_slice_mut().expect("mask planes are contiguous");
-        segment_slice(&hu, ni, nj, min_pixels, out);
-    });
+    mask.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each_init(
+        || vec![0f32; ni * nj],
+        |hu, (k, mut plane)| {
+            volume.slice_f32(k, hu);
+            let out = plane.as_slice_mut().expect("mask planes are contiguous");
+            segment_slice(hu, ni, nj, min_pixels, out);
+        },
+    );
     mask
+}
+
+/// Lung voxels on each slice of [`lung_mask`]: all the validation needs, without the 1 byte
+/// per voxel the mask itself takes (callers that do not pass the mask on).
+pub fn lung_voxels_per_slice(volume: &Volume) -> Vec<usize> {
+    let [ni, nj, nk] = volume.dims();
+    let sp = volume.geometry().spacing_mm;
+    let min_pixels = (MIN_REGION_MM2 / (sp[0] * sp[1])).ceil().max(1.0) as usize;
+    (0..nk)
+        .into_par_iter()
+        .map_init(
+            || (vec![0f32; ni * nj], vec![0u8; ni * nj]),
+            |(hu, out), k| {
+                volume.slice_f32(k, hu);
+                out.fill(0);
+                segment_slice(hu, ni, nj, min_pixels, out);
+                out.iter().filter(|&&v| v != 0).count()
+            },
+        )
+        .collect()
 }
 
 /// One slice: 4-connected regions of voxels below [`AIR_HU`] that touch no slice border and
@@ -145,6 +167,11 @@ impl LungValidation {
 /// The reference's `LungValidator` (chest check first, then length), on a `[nk, nj, ni]` mask.
 pub fn validate_lungs(mask: &Array3<u8>, slice_spacing_mm: f64) -> LungValidation {
     let per_slice: Vec<usize> = mask.axis_iter(Axis(0)).into_par_iter().map(|s| s.iter().filter(|&&v| v != 0).count()).collect();
+    validate_lung_counts(&per_slice, slice_spacing_mm)
+}
+
+/// [`validate_lungs`] from the lung voxels per slice ([`lung_voxels_per_slice`]).
+pub fn validate_lung_counts(per_slice: &[usize], slice_spacing_mm: f64) -> LungValidation {
     let lung_voxels = per_slice.iter().map(|&c| c as u64).sum();
     let flags: Vec<bool> = per_slice.iter().map(|&c| c > MIN_LUNG_PIXELS_ON_SLICE).collect();
     let l = longest_segment(&flags);
@@ -306,5 +333,17 @@ mod tests {
         // no lungs at all
         let vol = phantom(30, 0..0);
         assert!(matches!(validate_lungs(&lung_mask(&vol), 2.0), LungValidation::NotFound(s) if s.lung_voxels == 0));
+    }
+
+    #[test]
+    fn per_slice_counts_are_the_masks() {
+        for (nk, lungs) in [(100, 10..90), (100, 40..50), (40, 0..40), (30, 0..0)] {
+            let vol = phantom(nk, lungs);
+            let mask = lung_mask(&vol);
+            let counts = lung_voxels_per_slice(&vol);
+            let expected: Vec<usize> = mask.axis_iter(Axis(0)).map(|s| s.iter().filter(|&&v| v != 0).count()).collect();
+            assert_eq!(counts, expected);
+            assert_eq!(validate_lung_counts(&counts, 2.0), validate_lungs(&mask, 2.0));
+        }
     }
 }

@@ -131,7 +131,7 @@ impl CtclipPlan {
         }
         let interior = &mut out[(first - d0) * plane_len..(last - d0) * plane_len];
         let threads = rayon::current_num_threads().max(1);
-        let block = (last - first).div_ceil(threads * 4).max(1);
+        let block = (last - first).div_ceil(threads * 1).max(1);
 
         interior.par_chunks_mut(plane_len * block).enumerate().for_each(|(b, chunk)| {
             let mut slice_buf = vec![0f32; ni * nj];
@@ -174,11 +174,19 @@ fn in_plane(src: &[f32], ni: usize, wt: &[LinearTap], ht: &[LinearTap], tmp: &mu
             *o = a.clamp(HU_MIN, HU_MAX) * t.w0 + b.clamp(HU_MIN, HU_MAX) * t.w1;
         }
     }
-    for (h, t) in ht.iter().enumerate() {
-        let row = &mut dst[h * kw..(h + 1) * kw];
-        for (w, o) in row.iter_mut().enumerate() {
-            let base = w * ni;
-            *o = tmp[base + t.i0] * t.w0 + tmp[base + t.i1] * t.w1;
+    // dst is tmp resampled along i and transposed: tiles keep both sides in L1 (row by row, the
+    // reads of tmp stride a whole row per value)
+    const TILE: usize = 32;
+    for w0 in (0..kw).step_by(TILE) {
+        let w1 = (w0 + TILE).min(kw);
+        for h0 in (0..ht.len()).step_by(TILE) {
+            let h1 = (h0 + TILE).min(ht.len());
+            for w in w0..w1 {
+                let row = &tmp[w * ni..(w + 1) * ni];
+                for (h, t) in ht[h0..h1].iter().enumerate() {
+                    dst[(h0 + h) * kw + w] = row[t.i0] * t.w0 + row[t.i1] * t.w1;
+                }
+            }
         }
     }
 }
