@@ -77,6 +77,19 @@ class Prometheus(unittest.TestCase):
 
 
 class Overhead(unittest.TestCase):
+    def test_preprocess_compute_from_the_services_stages(self):
+        before = lb.parse_prometheus('ct_preprocess_stage_seconds_sum{stage="decode_assemble"} 1.0\n'
+                                     'ct_preprocess_stage_seconds_count{stage="decode_assemble"} 2\n')
+        after = lb.parse_prometheus('ct_preprocess_stage_seconds_sum{stage="decode_assemble"} 1.6\n'
+                                    'ct_preprocess_stage_seconds_count{stage="decode_assemble"} 4\n'
+                                    'ct_preprocess_stage_seconds_sum{stage="lungs"} 0.2\nct_preprocess_stage_seconds_count{stage="lungs"} 2\n'
+                                    'ct_preprocess_stage_seconds_sum{stage="receive"} 9\nct_preprocess_stage_seconds_count{stage="receive"} 2\n'
+                                    'ct_preprocess_stage_seconds_sum{stage="shared_write"} 9\n'
+                                    'ct_preprocess_stage_seconds_count{stage="shared_write"} 2\n')
+        # transfers (receive, shared_write) are not compute
+        self.assertAlmostEqual(lb.preprocess_compute(lb.histogram_deltas(before, after)), 0.3 + 0.1)
+        self.assertIsNone(lb.preprocess_compute(lb.histogram_deltas(before, before)))
+
     def test_formula(self):
         # 2.0 s end to end, 1.25 s preprocess, models run concurrently: the slowest (0.5 s) counts.
         self.assertAlmostEqual(lb.overhead_per_study(2.0, 1.25, {"a": 0.5, "b": 0.25}), 0.25)
@@ -211,7 +224,11 @@ class _Stack(BaseHTTPRequestHandler):
                     f'ct_gateway_stage_seconds_count{{stage="preprocess"}} {n}\n'
                     f'ct_gateway_stage_seconds_sum{{stage="total"}} {1.0 * n}\n'
                     f'ct_gateway_stage_seconds_count{{stage="total"}} {n}\n'
-                    f'ct_preprocess_seconds_sum {0.4 * n}\nct_preprocess_seconds_count {n}\n').encode()
+                    f'ct_preprocess_seconds_sum {0.4 * n}\nct_preprocess_seconds_count {n}\n'
+                    f'ct_preprocess_stage_seconds_sum{{stage="decode_assemble"}} {0.2 * n}\n'
+                    f'ct_preprocess_stage_seconds_count{{stage="decode_assemble"}} {n}\n'
+                    f'ct_preprocess_stage_seconds_sum{{stage="receive"}} {0.1 * n}\n'
+                    f'ct_preprocess_stage_seconds_count{{stage="receive"}} {n}\n').encode()
         else:
             body = b'{"status":"healthy"}'
         self._send(200, body)
@@ -246,14 +263,18 @@ class Main(unittest.TestCase):
                 with open(out) as fh:
                     r = json.load(fh)
             self.assertEqual((r["requests"], r["ok"], r["http_429"]), (6, 6, 0))
-            self.assertAlmostEqual(r["preprocess_compute_s"], 0.25)
+            # the service's compute stages during the load (decode_assemble; receive is a transfer),
+            # the idle calibration is reported beside it
+            self.assertAlmostEqual(r["preprocess_compute_s"], 0.2)
+            self.assertEqual(r["preprocess_compute_source"], "in-service")
+            self.assertAlmostEqual(r["preprocess_compute_calibrated_s"], 0.25)
             # recipe + infer (queue is waiting, not compute).
             self.assertAlmostEqual(r["model_compute_s"]["ctclip"], 0.6)
             self.assertAlmostEqual(r["ensemble_combine_s"], 0.01)
-            self.assertAlmostEqual(r["overhead_per_study_s"], r["last_try_latency_mean_s"] - 0.25 - 0.6)
+            self.assertAlmostEqual(r["overhead_per_study_s"], r["last_try_latency_mean_s"] - 0.2 - 0.6)
             self.assertAlmostEqual(r["gateway_histograms_mean_s"]['ct_gateway_stage_seconds{stage=preprocess}'], 0.3)
             self.assertLessEqual(r["latency_s"]["p50"], r["latency_s"]["p95"])
-            self.assertAlmostEqual(r["overhead_gateway_view_s"], 1.0 - 0.25 - 0.6)
+            self.assertAlmostEqual(r["overhead_gateway_view_s"], 1.0 - 0.2 - 0.6)
             self.assertAlmostEqual(r["gateway_stage_mean_s"]["total"], 1.0)
             self.assertAlmostEqual(r["preprocess_service_receive_prepare_s"], 0.4)
         finally:

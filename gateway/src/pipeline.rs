@@ -287,7 +287,7 @@ impl Pipeline {
         // one-machine mode: the payloads go to a shared file first, the models get its name
         let write_started = Instant::now();
         let shared = match &self.config.shared_volume_dir {
-            Some(dir) => Some(SharedVolume::receive(dir, request_id, &mut volume, header, endpoint).await?),
+            Some(dir) => Some(SharedVolume::receive(dir, self.config.shared_volume_pool, request_id, &mut volume, header, endpoint).await?),
             None => None,
         };
         let shared_write_ms = ms(write_started.elapsed());
@@ -367,12 +367,14 @@ impl Pipeline {
 struct SharedVolume {
     path: std::path::PathBuf,
     name: String,
+    /// Files kept for reuse in the folder (`CT_SHARED_VOLUME_POOL`).
+    pool: usize,
 }
 
 impl SharedVolume {
     /// The study's payloads as a file of `dir`: preprocess-svc's own file when it wrote one (a
     /// `shared` part, claimed by renaming it), else the payload chunks written to a new file.
-    async fn receive(dir: &std::path::Path, request_id: &str, volume: &mut tonic::Streaming<VolumeChunk>, header: &VolumeHeader, endpoint: Endpoint) -> Result<Self, ApiError> {
+    async fn receive(dir: &std::path::Path, pool: usize, request_id: &str, volume: &mut tonic::Streaming<VolumeChunk>, header: &VolumeHeader, endpoint: Endpoint) -> Result<Self, ApiError> {
         use std::io::Write;
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -392,7 +394,7 @@ impl SharedVolume {
             .await
             .map_err(|e| ApiError::internal(format!("shared volume claim task: {e}")))?
             .map_err(|e| ApiError::internal(format!("claiming preprocess-svc's shared volume {} (is CT_SHARED_VOLUME_DIR the same folder for both?): {e}", theirs.display())))?;
-            let this = Self { path, name };
+            let this = Self { path, name, pool };
             let meta = std::fs::symlink_metadata(&this.path).map_err(io)?;
             if !meta.file_type().is_file() || meta.len() < expected {
                 return Err(ApiError::internal(format!("preprocess-svc's shared volume holds {} bytes, its header announces {expected}", meta.len())));
@@ -402,8 +404,9 @@ impl SharedVolume {
             }
             return Ok(this);
         }
-        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(io)?;
-        let this = Self { path, name }; // from here on the file is removed on every exit
+        let file = ct_proto::codec::open_shared_for_write(dir, &name).map_err(io)?;
+        let this = Self { path, name, pool }; // from here on the file is removed on every exit
+        file.set_len(expected).map_err(io)?;
         let mut file = std::io::BufWriter::with_capacity(4 << 20, file);
         let mut written = 0u64;
         let mut chunk = first;
@@ -434,8 +437,9 @@ impl SharedVolume {
 }
 
 impl Drop for SharedVolume {
+    /// The study has ended: its file goes back to the folder's pool, or is removed.
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_file(&self.path)
+        if let Err(e) = ct_proto::codec::recycle_shared_file(&self.path, self.pool)
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(file = %self.path.display(), error = %e, "could not remove a shared volume file");

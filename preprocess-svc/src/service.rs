@@ -257,10 +257,12 @@ impl Preprocessor {
 fn write_shared(dir: &std::path::Path, header: VolumeHeader, prepared: &Prepared, mask: Option<&ndarray::Array3<u8>>) -> std::io::Result<([VolumeChunk; 2], PathBuf)> {
     use std::sync::atomic::{AtomicU64, Ordering};
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    let name = format!("ct-prep-{}-{}.vol", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+    // unique across replicas sharing the folder (in containers every process id is 1)
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let name = format!("ct-prep-{}-{}-{nanos}.vol", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
     let path = dir.join(&name);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    codec::write_shared_file(&path, &prepared.volume, mask, threads)?;
+    codec::write_shared_file(dir, &name, &prepared.volume, mask, threads)?;
     let header = codec::fill_header(header, &prepared.volume, mask);
     let shared = VolumeChunk { part: Some(volume_chunk::Part::Shared(ct_proto::v1::SharedPayload { file: name })) };
     Ok(([VolumeChunk { part: Some(volume_chunk::Part::Header(header)) }, shared], path))

@@ -65,12 +65,14 @@ pub fn fill_header(mut header: VolumeHeader, volume: &Volume, mask: Option<&Arra
 }
 
 /// Writes the payloads of a `shared` part (the voxels' little-endian bytes, then the mask's) to
-/// `path`, which must not exist yet, using up to `threads` threads (each writes its own byte
+/// `dir/name`, which must not exist yet, using up to `threads` threads (each writes its own byte
 /// ranges with positioned writes; on tmpfs that is a memory copy plus page allocation, which
-/// scales with the cores). On error the partial file is removed.
-pub fn write_shared_file(path: &std::path::Path, volume: &Volume, mask: Option<&Array3<u8>>, threads: usize) -> std::io::Result<()> {
+/// scales with the cores). The file is a recycled one of the folder's pool when there is one
+/// ([`open_shared_for_write`]). On error the partial file is removed.
+pub fn write_shared_file(dir: &std::path::Path, name: &str, volume: &Volume, mask: Option<&Array3<u8>>, threads: usize) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
-    let file = std::fs::OpenOptions::new().write(true).create_new(true).open(path)?;
+    let path = dir.join(name);
+    let file = open_shared_for_write(dir, name)?;
     let voxel_bytes: std::borrow::Cow<'_, [u8]> = match volume.voxels() {
         Voxels::I16(a) => le_payload(a.as_slice().expect("standard layout")),
         Voxels::F32(a) => le_payload(a.as_slice().expect("standard layout")),
@@ -96,9 +98,51 @@ pub fn write_shared_file(path: &std::path::Path, volume: &Volume, mask: Option<&
         })
     });
     if result.is_err() {
-        let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_file(&path);
     }
     result
+}
+
+/// Name prefix of the free files of a shared-volume folder's pool (see [`recycle_shared_file`]).
+pub const POOL_PREFIX: &str = "pool-";
+
+/// Opens `dir/name` (which must not exist) for writing a study's payloads: a free file of the
+/// folder's pool renamed to `name` when there is one (its tmpfs pages are reused: no page
+/// allocation and zeroing for the 200+ MB of a study), else a new file. The caller sets the length.
+pub fn open_shared_for_write(dir: &std::path::Path, name: &str) -> std::io::Result<std::fs::File> {
+    let path = dir.join(name);
+    if path.symlink_metadata().is_ok() {
+        return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("{} exists", path.display())));
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let Ok(entry) = entry else { continue };
+        let free = entry.file_name();
+        let is_pool = free.to_str().is_some_and(|n| n.starts_with(POOL_PREFIX) && n.ends_with(".vol"));
+        // a rename is atomic: of two claimants of the same free file, one wins
+        if is_pool && entry.file_type().is_ok_and(|t| t.is_file()) && std::fs::rename(entry.path(), &path).is_ok() {
+            return std::fs::OpenOptions::new().write(true).open(&path);
+        }
+    }
+    std::fs::OpenOptions::new().write(true).create_new(true).open(&path)
+}
+
+/// Ends the life of a study's shared file: it becomes a free file of the folder's pool when the
+/// pool holds fewer than `pool_max` files, else it is removed. Returns whether it was kept.
+pub fn recycle_shared_file(path: &std::path::Path, pool_max: usize) -> std::io::Result<bool> {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    if pool_max > 0
+        && let Some(dir) = path.parent()
+    {
+        let free = std::fs::read_dir(dir)?.filter_map(Result::ok).filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(POOL_PREFIX))).count();
+        if free < pool_max {
+            let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+            std::fs::rename(path, dir.join(format!("{POOL_PREFIX}{}-{seq}-{nanos}.vol", std::process::id())))?;
+            return Ok(true);
+        }
+    }
+    std::fs::remove_file(path)?;
+    Ok(false)
 }
 
 /// The little-endian bytes of `values`: borrowed on little-endian machines, swapped elsewhere.
@@ -523,20 +567,51 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         for threads in [1, 2, 3, 64] {
-            let path = dir.path().join(format!("t{threads}.vol"));
-            write_shared_file(&path, &vol, Some(&mask), threads).unwrap();
-            assert!(std::fs::read(&path).unwrap() == payload, "{threads} threads");
+            let name = format!("t{threads}.vol");
+            write_shared_file(dir.path(), &name, &vol, Some(&mask), threads).unwrap();
+            assert!(std::fs::read(dir.path().join(&name)).unwrap() == payload, "{threads} threads");
         }
         let header = fill_header(VolumeHeader::default(), &vol, Some(&mask));
         assert_eq!(chunks[0].part, Some(Part::Header(header.clone())));
         assert_eq!(header.voxel_bytes + header.mask_bytes, payload.len() as u64);
         // without a mask: the voxels only; an existing file is never overwritten
-        let path = dir.path().join("nomask.vol");
-        write_shared_file(&path, &vol, None, 2).unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), header.voxel_bytes);
-        let err = write_shared_file(&dir.path().join("t1.vol"), &vol, None, 2).unwrap_err();
+        write_shared_file(dir.path(), "nomask.vol", &vol, None, 2).unwrap();
+        assert_eq!(std::fs::metadata(dir.path().join("nomask.vol")).unwrap().len(), header.voxel_bytes);
+        let err = write_shared_file(dir.path(), "t1.vol", &vol, None, 2).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
         assert_eq!(std::fs::read(dir.path().join("t1.vol")).unwrap().len(), payload.len());
+    }
+
+    #[test]
+    fn shared_files_are_recycled_through_a_bounded_pool() {
+        let vol = volume(4, 30, 20);
+        let mask = Array3::from_shape_fn((4, 30, 20), |(k, j, _)| u8::from((k + j) % 2 == 0));
+        let dir = tempfile::tempdir().unwrap();
+        let names = |d: &std::path::Path| {
+            let mut v: Vec<String> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+            v.sort();
+            v
+        };
+        for n in ["a.vol", "b.vol", "c.vol"] {
+            write_shared_file(dir.path(), n, &vol, Some(&mask), 2).unwrap();
+        }
+        // a pool of 2: the third file is removed
+        assert!(recycle_shared_file(&dir.path().join("a.vol"), 2).unwrap());
+        assert!(recycle_shared_file(&dir.path().join("b.vol"), 2).unwrap());
+        assert!(!recycle_shared_file(&dir.path().join("c.vol"), 2).unwrap());
+        assert!(names(dir.path()).iter().all(|n| n.starts_with(POOL_PREFIX)) && names(dir.path()).len() == 2);
+        // the next file reuses a free one, with the right length and content (the mask-less one is
+        // shorter than what the free file held)
+        write_shared_file(dir.path(), "d.vol", &vol, None, 2).unwrap();
+        assert_eq!(names(dir.path()).len(), 2);
+        let mut asm = VolumeAssembler::new(1 << 30).with_shared_dir(Some(dir.path().to_path_buf()));
+        asm.push(VolumeChunk { part: Some(Part::Header(fill_header(VolumeHeader::default(), &vol, None))) }).unwrap();
+        asm.push(VolumeChunk { part: Some(Part::Shared(v1::SharedPayload { file: "d.vol".into() })) }).unwrap();
+        assert_eq!(asm.finish().unwrap().1, vol);
+        assert_eq!(std::fs::metadata(dir.path().join("d.vol")).unwrap().len(), fill_header(VolumeHeader::default(), &vol, None).voxel_bytes);
+        // pool 0: removed
+        assert!(!recycle_shared_file(&dir.path().join("d.vol"), 0).unwrap());
+        assert_eq!(names(dir.path()).len(), 1);
     }
 
     #[test]

@@ -138,9 +138,8 @@ async fn one_machine_mode_shares_the_volume_through_a_file_and_removes_it() {
             assert_eq!(v["study_uid"], study_uid(name).as_str(), "{writer}: {v}");
             assert_eq!(v["pathology"], i64::from(name == "chest_abnormal"), "{writer}: {name}: {v}");
         }
-        // every study's file is gone once it has been answered
-        let left: Vec<_> = std::fs::read_dir(&s.shared_dir).expect("shared folder").map(|e| e.expect("entry").file_name()).collect();
-        assert!(left.iter().all(|n| !n.to_string_lossy().ends_with(".vol")), "{writer}: files left behind: {left:?}");
+        // every study's file is gone once it has been answered, or free in the pool (at most 2)
+        assert_only_pool_files(&s.shared_dir, 2, writer);
         gw.stop().await;
     }
 
@@ -148,13 +147,20 @@ async fn one_machine_mode_shares_the_volume_through_a_file_and_removes_it() {
     // clear status, and its file is removed all the same
     let fvlm = model_server::testing::spawn::<fvlm_svc::Fvlm>(&model_server::testing::demo_bundle("fvlm"), model_server::ServerConfig::default()).await;
     let upstreams = gateway::Upstreams { fvlm_url: format!("http://{}", fvlm.grpc), preprocess_url: s.preprocess_shared_url.clone(), ..s.upstreams.clone() };
-    let gw = s.gateway(gateway::Config { upstreams, shared_volume_dir: Some(s.shared_dir.clone()), ..s.gateway_config() }).await;
+    let gw = s.gateway(gateway::Config { upstreams, shared_volume_dir: Some(s.shared_dir.clone()), shared_volume_pool: 0, ..s.gateway_config() }).await;
     let r = http::post_file(gw.addr, "/predict", "s.zip", &study_zip("chest_abnormal")).await;
     assert!(r.status >= 500, "{} {}", r.status, String::from_utf8_lossy(&r.body));
-    let left: Vec<_> = std::fs::read_dir(&s.shared_dir).expect("shared folder").map(|e| e.expect("entry").file_name()).collect();
-    assert!(left.iter().all(|n| !n.to_string_lossy().ends_with(".vol")), "files left behind: {left:?}");
+    // without a pool the file is removed (preprocess-svc reused one of the two free files)
+    assert_only_pool_files(&s.shared_dir, 1, "pool 0");
     gw.stop().await;
     fvlm.stop().await;
+}
+
+/// The shared folder holds no study file, and at most `max` free pool files.
+fn assert_only_pool_files(dir: &std::path::Path, max: usize, what: &str) {
+    let left: Vec<String> = std::fs::read_dir(dir).expect("shared folder").map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
+    let pool = left.iter().filter(|n| n.starts_with(ct_proto::codec::POOL_PREFIX)).count();
+    assert!(pool == left.len() && pool <= max, "{what}: files left behind: {left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
