@@ -181,7 +181,7 @@ async fn process(app: &App, endpoint: Endpoint, request_id: &str, headers: &Head
             }
             let filename = field.file_name().unwrap_or_default().to_string();
             let body = field.map(|r| r.map_err(|e| multipart_error(e, limit)));
-            return app.pipeline.run(endpoint, request_id, Upload { filename, body }, started, *queue_wait).await;
+            return app.pipeline.run(endpoint, request_id, Upload { filename, body, size_hint: declared }, started, *queue_wait).await;
         }
     };
     match tokio::time::timeout(config.request_timeout, work).await {

@@ -34,6 +34,8 @@ const UPLOAD_BUFFER: usize = 2;
 pub struct Upload<S> {
     pub filename: String,
     pub body: S,
+    /// The request's Content-Length, when it had one: an upper estimate of the file's size.
+    pub size_hint: Option<u64>,
 }
 
 /// Milliseconds per stage of one study.
@@ -189,7 +191,13 @@ impl Pipeline {
             Endpoint::Nifti => InputFormat::Nifti,
         };
         let (tx, rx) = mpsc::channel::<ArchiveChunk>(UPLOAD_BUFFER);
-        let header = ArchiveHeader { format: format as i32, total_bytes: 0, filename: upload.filename, options: Some(PrepareOptions { shared_volume: self.config.shared_volume_dir.is_some(), ..Default::default() }) };
+        let header = ArchiveHeader {
+            format: format as i32,
+            total_bytes: 0,
+            filename: upload.filename,
+            options: Some(PrepareOptions { shared_volume: self.config.shared_volume_dir.is_some(), ..Default::default() }),
+            size_hint: upload.size_hint.unwrap_or(0),
+        };
         tx.send(ArchiveChunk { part: Some(archive_chunk::Part::Header(header)) }).await.map_err(|_| ApiError::internal("upload channel closed before the header"))?;
         let mut preprocess = self.clients.preprocess.clone();
         let call = preprocess.prepare(with_request_id(ReceiverStream::new(rx), request_id));

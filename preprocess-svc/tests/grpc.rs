@@ -41,6 +41,7 @@ fn request(bytes: Vec<u8>, options: PrepareOptions) -> impl tokio_stream::Stream
             total_bytes: bytes.len() as u64,
             filename: "study.zip".into(),
             options: Some(options),
+            size_hint: 0,
         })),
     };
     let data: Vec<ArchiveChunk> = bytes.chunks(1 << 20).map(|c| ArchiveChunk { part: Some(archive_chunk::Part::Data(c.to_vec().into())) }).collect();

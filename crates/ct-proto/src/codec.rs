@@ -176,10 +176,13 @@ trait LeBytes: bytemuck::Pod {
     /// Values from little-endian bytes (`bytes.len()` a multiple of the value size); the bytes
     /// need no particular alignment.
     /// Appends the values of `bytes` (little-endian, any alignment, a multiple of the value size).
+    /// (Into the spare capacity, without zero-filling it first: the values are copied once.)
     fn extend_from_le(values: &mut Vec<Self>, bytes: &[u8]) {
         let at = values.len();
-        values.resize(at + bytes.len() / std::mem::size_of::<Self>(), Self::zeroed());
-        bytemuck::cast_slice_mut::<Self, u8>(&mut values[at..]).copy_from_slice(bytes);
+        match bytemuck::try_cast_slice::<u8, Self>(bytes) {
+            Ok(aligned) => values.extend_from_slice(aligned),
+            Err(_) => values.extend(bytes.chunks_exact(std::mem::size_of::<Self>()).map(bytemuck::pod_read_unaligned::<Self>)),
+        }
         if cfg!(target_endian = "big") {
             values[at..].iter_mut().for_each(|x| *x = x.swap());
         }
@@ -241,22 +244,35 @@ impl TypedVoxels {
         }
     }
 
-    /// Appends `n_bytes` of little-endian values read from `r`, straight into the typed buffer.
+    /// Appends `n_bytes` of little-endian values read from `r` (see [`read_le_into`]).
     fn read_from(&mut self, r: &mut impl std::io::Read, n_bytes: usize) -> std::io::Result<()> {
-        fn read<T: LeBytes>(v: &mut Vec<T>, r: &mut impl std::io::Read, n_bytes: usize) -> std::io::Result<()> {
-            let at = v.len();
-            v.resize(at + n_bytes / std::mem::size_of::<T>(), T::zeroed());
-            r.read_exact(bytemuck::cast_slice_mut::<T, u8>(&mut v[at..]))?;
-            if cfg!(target_endian = "big") {
-                v[at..].iter_mut().for_each(|x| *x = x.swap());
-            }
-            Ok(())
-        }
         match self {
-            Self::I16(v) => read(v, r, n_bytes),
-            Self::F32(v) => read(v, r, n_bytes),
+            Self::I16(v) => read_le_into(v, r, n_bytes),
+            Self::F32(v) => read_le_into(v, r, n_bytes),
         }
     }
+}
+
+/// Appends `n_bytes` of little-endian values read from `r` to `v`: through a 1 MiB buffer that
+/// stays in cache, appended to `v`'s spare capacity (no zero-fill pass over a volume's hundreds of
+/// MB before the read).
+fn read_le_into<T: LeBytes>(v: &mut Vec<T>, r: &mut impl std::io::Read, n_bytes: usize) -> std::io::Result<()> {
+    let n = n_bytes / std::mem::size_of::<T>();
+    v.reserve(n);
+    let mut buf = vec![T::zeroed(); ((1 << 20) / std::mem::size_of::<T>()).min(n.max(1))];
+    let mut left = n;
+    while left > 0 {
+        let take = left.min(buf.len());
+        let part = &mut buf[..take];
+        r.read_exact(bytemuck::cast_slice_mut::<T, u8>(part))?;
+        let at = v.len();
+        v.extend_from_slice(part);
+        if cfg!(target_endian = "big") {
+            v[at..].iter_mut().for_each(|x| *x = x.swap());
+        }
+        left -= part.len();
+    }
+    Ok(())
 }
 
 impl VolumeAssembler {
@@ -339,8 +355,7 @@ impl VolumeAssembler {
                 let mut f = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&path).map_err(io)?);
                 self.voxels.read_from(&mut f, voxel_bytes as usize).map_err(io)?;
                 self.voxel_bytes = voxel_bytes;
-                self.mask.resize(mask_bytes as usize, 0);
-                std::io::Read::read_exact(&mut f, &mut self.mask).map_err(io)?;
+                read_le_into(&mut self.mask, &mut f, mask_bytes as usize).map_err(io)?;
                 Ok(())
             }
             None => Ok(()),
