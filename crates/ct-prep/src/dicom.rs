@@ -299,28 +299,100 @@ pub fn decode_frames(obj: &DefaultDicomObject, mut sink: impl FnMut(usize, &[i32
     let bits_stored = decoded.bits_stored().clamp(1, bits_allocated.max(1));
     let signed = matches!(decoded.pixel_representation(), dicom_pixeldata::PixelRepresentation::Signed);
     let (rows, cols) = (decoded.rows() as usize, decoded.columns() as usize);
-    let n = rows * cols;
-    let mut values = vec![0i32; n];
+    let mut values = vec![0i32; rows * cols];
     for f in 0..decoded.number_of_frames() {
         let data = decoded.frame_data(f).map_err(|e| decode_error(&ts, e.to_string()))?;
-        match bits_allocated {
-            16 => {
-                let shift = 16 - bits_stored.min(16);
-                for (v, c) in values.iter_mut().zip(data.chunks_exact(2)) {
-                    let raw = u16::from_le_bytes([c[0], c[1]]);
-                    *v = if signed { i32::from(((raw << shift) as i16) >> shift) } else { i32::from(raw) };
-                }
-            }
-            8 => {
-                for (v, &b) in values.iter_mut().zip(data) {
-                    *v = if signed { i32::from(b as i8) } else { i32::from(b) };
-                }
-            }
-            other => return Err(unsupported(format!("BitsAllocated {other} (CT uses 8 or 16)"))),
-        }
+        stored_values(data, bits_allocated, bits_stored, signed, &mut values).map_err(unsupported)?;
         sink(f as usize, &values);
     }
     Ok(())
+}
+
+/// One frame's bytes (little-endian) to stored values, sign-extended from `bits_stored`.
+fn stored_values(data: &[u8], bits_allocated: u16, bits_stored: u16, signed: bool, values: &mut [i32]) -> Result<(), String> {
+    match bits_allocated {
+        16 => {
+            let shift = 16 - bits_stored.min(16);
+            for (v, c) in values.iter_mut().zip(data.chunks_exact(2)) {
+                let raw = u16::from_le_bytes([c[0], c[1]]);
+                *v = if signed { i32::from(((raw << shift) as i16) >> shift) } else { i32::from(raw) };
+            }
+        }
+        8 => {
+            for (v, &b) in values.iter_mut().zip(data) {
+                *v = if signed { i32::from(b as i8) } else { i32::from(b) };
+            }
+        }
+        other => return Err(format!("BitsAllocated {other} (CT uses 8 or 16)")),
+    }
+    Ok(())
+}
+
+/// Native (uncompressed, little-endian) pixel data located in the raw bytes of the whole file,
+/// without parsing it: the Pixel Data element must be the file's last, with a defined length of
+/// exactly the frames' size (plus a pad byte when odd), as the header (`obj`, read up to Pixel
+/// Data) announces. dicom-rs would zero-fill, copy and re-copy the frames (a tenth of the
+/// preprocessing CPU). `None` for anything else (encapsulated or big-endian data, trailing
+/// elements, odd attributes): those take [`decode_frames`].
+pub fn native_pixel_data<'f>(obj: &DefaultDicomObject, file: &'f [u8]) -> Option<NativePixels<'f>> {
+    let explicit = match obj.meta().transfer_syntax().trim_end_matches('\0') {
+        uids::EXPLICIT_VR_LITTLE_ENDIAN => true,
+        uids::IMPLICIT_VR_LITTLE_ENDIAN => false,
+        _ => return None,
+    };
+    let pos = |tag: Tag| int(obj, tag).and_then(|v| usize::try_from(v).ok());
+    let (rows, cols) = (pos(tags::ROWS)?, pos(tags::COLUMNS)?);
+    let bits_allocated = u16::try_from(pos(tags::BITS_ALLOCATED)?).ok().filter(|b| matches!(b, 8 | 16))?;
+    let bits_stored = u16::try_from(pos(tags::BITS_STORED)?).ok().filter(|b| (1..=bits_allocated).contains(b))?;
+    let signed = match pos(tags::PIXEL_REPRESENTATION)? {
+        0 => false,
+        1 => true,
+        _ => return None,
+    };
+    if pos(tags::SAMPLES_PER_PIXEL).unwrap_or(1) != 1 || obj.get(tags::PIXEL_DATA).is_some() {
+        return None;
+    }
+    let frames = match obj.get(tags::NUMBER_OF_FRAMES) {
+        None => 1,
+        Some(_) => pos(tags::NUMBER_OF_FRAMES).filter(|&n| n >= 1)?,
+    };
+    let frame_bytes = rows.checked_mul(cols)?.checked_mul(usize::from(bits_allocated / 8))?;
+    let len = frame_bytes.checked_mul(frames)?;
+    let header_len = if explicit { 12 } else { 8 };
+    for value_len in [len, len + (len & 1)] {
+        let Some(at) = file.len().checked_sub(header_len + value_len) else { continue };
+        let h = &file[at..at + header_len];
+        let declared = u32::from_le_bytes(h[header_len - 4..].try_into().ok()?) as usize;
+        let vr_ok = !explicit || ((&h[4..6] == b"OW" || &h[4..6] == b"OB") && h[6..8] == [0, 0]);
+        if h[..4] == [0xE0, 0x7F, 0x10, 0x00] && vr_ok && declared == value_len {
+            let data = &file[at + header_len..at + header_len + len];
+            return Some(NativePixels { data, frame_bytes, bits_allocated, bits_stored, signed, pixels: rows * cols });
+        }
+    }
+    None
+}
+
+/// See [`native_pixel_data`].
+#[derive(Debug)]
+pub struct NativePixels<'f> {
+    data: &'f [u8],
+    frame_bytes: usize,
+    bits_allocated: u16,
+    bits_stored: u16,
+    signed: bool,
+    pixels: usize,
+}
+
+impl NativePixels<'_> {
+    /// The same values as [`decode_frames`] gives for this file.
+    pub fn decode(&self, mut sink: impl FnMut(usize, &[i32])) -> Result<(), PrepError> {
+        let mut values = vec![0i32; self.pixels];
+        for (f, frame) in self.data.chunks_exact(self.frame_bytes).enumerate() {
+            stored_values(frame, self.bits_allocated, self.bits_stored, self.signed, &mut values).map_err(|reason| PrepError::UnsupportedTransferSyntax { reason })?;
+            sink(f, &values);
+        }
+        Ok(())
+    }
 }
 
 /// The codec exists but could not decode this pixel data (a codec feature we lack, such as

@@ -79,6 +79,12 @@ pub struct Prepared {
 trait Source: Sync {
     fn count(&self) -> usize;
     fn read(&self, idx: usize, header_only: bool) -> Result<Result<DefaultDicomObject, ReadFailure>, PrepError>;
+
+    /// Decodes the frames of file `idx` into `sink` (see [`dicom::decode_frames`]).
+    fn decode(&self, idx: usize, sink: &mut dyn FnMut(usize, &[i32])) -> Result<(), PrepError> {
+        let obj = self.read(idx, false)?.map_err(|e| PrepError::geometry(format!("slice could not be read: {e}")))?;
+        dicom::decode_frames(&obj, sink)
+    }
 }
 
 impl Source for ZipInput<'_> {
@@ -99,6 +105,32 @@ impl Source for ZipInput<'_> {
         }
         self.with_entry(&mut handle, entry, |r| dicom::read_object(r, header_only))
     }
+
+    fn decode(&self, idx: usize, sink: &mut dyn FnMut(usize, &[i32])) -> Result<(), PrepError> {
+        let unreadable = |e: ReadFailure| PrepError::geometry(format!("slice could not be read: {e}"));
+        let entry = self.files[idx].0;
+        let content = match self.read_whole(&mut self.handle(), entry)? {
+            Some(Ok(content)) => content,
+            Some(Err(corrupt)) => return Err(unreadable(ReadFailure::NotDicom(corrupt))),
+            None => return decode_object(self.read(idx, false)?.map_err(unreadable)?, sink),
+        };
+        decode_file(&content, sink)
+    }
+}
+
+fn decode_object(obj: DefaultDicomObject, sink: &mut dyn FnMut(usize, &[i32])) -> Result<(), PrepError> {
+    dicom::decode_frames(&obj, sink)
+}
+
+/// Decodes a whole DICOM file held in memory: native pixel data straight from its bytes
+/// ([`dicom::native_pixel_data`]), anything else through dicom-rs.
+fn decode_file(content: &[u8], sink: &mut dyn FnMut(usize, &[i32])) -> Result<(), PrepError> {
+    let unreadable = |e: ReadFailure| PrepError::geometry(format!("slice could not be read: {e}"));
+    let head = dicom::read_object(&mut &content[..], true).map_err(unreadable)?;
+    match dicom::native_pixel_data(&head, content) {
+        Some(pixels) => pixels.decode(sink),
+        None => decode_object(dicom::read_object(&mut &content[..], false).map_err(unreadable)?, sink),
+    }
 }
 
 struct DirSource(Vec<PathBuf>);
@@ -106,6 +138,11 @@ struct DirSource(Vec<PathBuf>);
 impl Source for DirSource {
     fn count(&self) -> usize {
         self.0.len()
+    }
+
+    fn decode(&self, idx: usize, sink: &mut dyn FnMut(usize, &[i32])) -> Result<(), PrepError> {
+        let content = std::fs::read(&self.0[idx]).map_err(|e| PrepError::Internal(format!("read {}: {e}", self.0[idx].display())))?;
+        decode_file(&content, sink)
     }
 
     fn read(&self, idx: usize, header_only: bool) -> Result<Result<DefaultDicomObject, ReadFailure>, PrepError> {
@@ -207,10 +244,7 @@ fn prepare_dicom(src: &dyn Source, cfg: &PrepareConfig, timings: &mut Vec<(Strin
 
     let t = Instant::now();
     let plan = assemble::plan(&headers, &chosen.series.files)?;
-    let (volume, more) = assemble::assemble(plan, |file, sink| {
-        let obj = src.read(entry_of[file], false)?.map_err(|e| PrepError::geometry(format!("slice could not be read: {e}")))?;
-        dicom::decode_frames(&obj, sink)
-    })?;
+    let (volume, more) = assemble::assemble(plan, |file, mut sink| src.decode(entry_of[file], &mut sink))?;
     warnings.extend(more);
     if volume.dims()[2] == 1 {
         warnings.push("single-slice volume: slice spacing set to 1 mm".into());
