@@ -76,7 +76,9 @@ pub fn ctclip_tensor_blocks<E>(volume: &Volume, block_planes: usize, mut sink: i
     for d0 in (0..td).step_by(block_planes) {
         let n = block_planes.min(td - d0);
         let block = &mut buf[..n * th * tw];
-        block.fill(PAD);
+        if d0 > 0 {
+            block.fill(PAD); // the first block is fresh PAD already
+        }
         plan.fill_planes(volume, d0, block);
         sink(block).map_err(CtclipBlocksError::Sink)?;
     }
