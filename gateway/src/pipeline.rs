@@ -4,9 +4,11 @@
 //!    [`ct_proto::MAX_CHUNK_BYTES`] each) while it arrives; nothing is buffered whole;
 //! 2. the volume stream that comes back is relayed chunk by chunk to the five model services
 //!    concurrently (the lung mask only to the models that use it, with a header rewritten to
-//!    say so for the others); in one-machine mode (`CT_SHARED_VOLUME_DIR`) it is written once to
-//!    a file in a shared tmpfs folder instead, and each model service gets the header and the
-//!    file's name ([`SharedVolume`]);
+//!    say so for the others); in one-machine mode (`CT_SHARED_VOLUME_DIR`) the volume is a file
+//!    in a shared tmpfs folder instead: preprocess-svc writes it when asked
+//!    (`PrepareOptions.shared_volume`) and the gateway claims it by renaming it (or writes it from
+//!    the stream when preprocess-svc has no folder), each model service gets the header and the
+//!    file's name, and the file goes back to the folder's pool when the study ends ([`SharedVolume`]);
 //! 3. the scores go to ensemble-svc's `Combine`.
 //!
 //! Every upstream call carries the request id as gRPC metadata `x-request-id`.

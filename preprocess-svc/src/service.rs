@@ -1,4 +1,5 @@
-//! The gRPC `ct.v1.PreprocessService`: archive chunks in, volume chunks out.
+//! The gRPC `ct.v1.PreprocessService`: archive chunks in, volume chunks out (or, in one-machine
+//! mode, one `shared` part naming the file the volume was written to).
 
 use crate::pipeline::{PrepareConfig, Prepared, prepare_bytes};
 use crate::series::Selection;

@@ -4,6 +4,10 @@
 //! Stream shape: one `header`, then `voxels` chunks covering `[0, voxel_bytes)` in order, then
 //! `lung_mask` chunks covering `[0, mask_bytes)` in order. The receiver checks that the chunks
 //! add up to the header's dims.
+//!
+//! One-machine mode: the payloads in a file of a shared tmpfs folder instead ([`write_shared_file`],
+//! read by [`VolumeAssembler`] from a `shared` part), whose finished files are kept in a small pool
+//! for reuse ([`open_shared_for_write`], [`recycle_shared_file`]).
 
 use crate::MAX_CHUNK_BYTES;
 use crate::v1::{self, VolumeChunk, VolumeHeader, VoxelType, volume_chunk::Part};
