@@ -116,7 +116,7 @@ async fn prepare_all(client: &mut PreprocessServiceClient<Channel>, bytes: Vec<u
 }
 
 fn shared_file(chunks: &[VolumeChunk]) -> String {
-    match &chunks[..] {
+    match chunks {
         [VolumeChunk { part: Some(volume_chunk::Part::Header(_)) }, VolumeChunk { part: Some(volume_chunk::Part::Shared(s)) }] => s.file.clone(),
         other => panic!("expected a header and a shared part, got {} messages", other.len()),
     }

@@ -151,7 +151,7 @@ impl<'a> ZipInput<'a> {
     /// `Ok(Err(..))`: the entry's data is corrupt (bad deflate stream, CRC mismatch). Entries of
     /// other methods, over [`WHOLE_ENTRY_MAX`] or without a known data offset give `Ok(None)`:
     /// read them with [`with_entry`](Self::with_entry).
-    pub fn read_whole(&self, handle: &mut ZipArchive<Cursor<&'a [u8]>>, idx: usize) -> Result<Option<Result<Cow<'a, [u8]>, String>>, PrepError> {
+    pub fn read_whole(&self, handle: &mut ZipArchive<Cursor<&'a [u8]>>, idx: usize) -> Result<Option<EntryContent<'a>>, PrepError> {
         let bytes = self.bytes;
         let entry = handle.by_index_raw(idx).map_err(|e| PrepError::not_archive(format!("unreadable ZIP entry #{idx}: {e}")))?;
         let (declared, packed, crc, method) = (entry.size(), entry.compressed_size(), entry.crc32(), entry.compression());
@@ -191,6 +191,9 @@ impl<'a> ZipInput<'a> {
         Ok(Some(Ok(content)))
     }
 }
+
+/// An entry's whole content, or why its data is corrupt.
+pub type EntryContent<'a> = Result<Cow<'a, [u8]>, String>;
 
 /// Largest entry [`ZipInput::read_whole`] inflates in one buffer; larger ones are streamed.
 pub const WHOLE_ENTRY_MAX: u64 = 256 << 20;

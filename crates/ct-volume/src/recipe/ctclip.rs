@@ -133,7 +133,7 @@ impl CtclipPlan {
         }
         let interior = &mut out[(first - d0) * plane_len..(last - d0) * plane_len];
         let threads = rayon::current_num_threads().max(1);
-        let block = (last - first).div_ceil(threads * 1).max(1);
+        let block = (last - first).div_ceil(threads * 4).max(1);
 
         interior.par_chunks_mut(plane_len * block).enumerate().for_each(|(b, chunk)| {
             let mut slice_buf = vec![0f32; ni * nj];
