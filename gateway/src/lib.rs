@@ -62,6 +62,27 @@ pub async fn run_with_resolver(config: Config, http: TcpListener, admin: TcpList
     let admin_addr = admin.local_addr()?;
     let admin_task = tokio::spawn(ct_service::serve_admin(admin, admin_router, shutdown.wait()));
 
+    // one-machine mode: files of studies whose process died mid-way are removed once no study
+    // can still be using them (older than the request timeout plus a minute)
+    if let Some(dir) = config.shared_volume_dir.clone() {
+        let (older_than, stop) = (config.request_timeout + std::time::Duration::from_secs(60), shutdown.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {}
+                    _ = stop.wait() => return,
+                }
+                let d = dir.clone();
+                match tokio::task::spawn_blocking(move || ct_proto::codec::sweep_stale_shared_files(&d, older_than)).await {
+                    Ok(Ok(removed)) if !removed.is_empty() => tracing::warn!(?removed, "removed stale shared volume files"),
+                    Ok(Err(e)) => tracing::warn!(dir = %dir.display(), error = %e, "could not sweep the shared volume folder"),
+                    _ => {}
+                }
+            }
+        });
+    }
+
     let grace = config.shutdown_grace;
     let app = Arc::new(api::App::new(pipeline::Pipeline { clients, config: config.clone(), metrics }));
     let router = api::router(app.clone());

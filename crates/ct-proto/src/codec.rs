@@ -107,6 +107,27 @@ pub fn write_shared_file(dir: &std::path::Path, name: &str, volume: &Volume, mas
     result
 }
 
+/// Removes the study files (`ct-*.vol`: written by preprocess-svc or the gateway) of a shared
+/// folder last modified more than `older_than` ago: left behind by a process that died mid-study,
+/// they would hold their 100s of MB of tmpfs until the folder goes. Free pool files stay. Returns
+/// the names removed.
+pub fn sweep_stale_shared_files(dir: &std::path::Path, older_than: std::time::Duration) -> std::io::Result<Vec<String>> {
+    let now = std::time::SystemTime::now();
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let Ok(entry) = entry else { continue };
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+        if !(name.starts_with("ct-") && name.ends_with(".vol")) {
+            continue;
+        }
+        let stale = entry.metadata().ok().filter(|m| m.is_file()).and_then(|m| m.modified().ok()).and_then(|t| now.duration_since(t).ok()).is_some_and(|age| age > older_than);
+        if stale && std::fs::remove_file(entry.path()).is_ok() {
+            removed.push(name);
+        }
+    }
+    Ok(removed)
+}
+
 /// Name prefix of the free files of a shared-volume folder's pool (see [`recycle_shared_file`]).
 pub const POOL_PREFIX: &str = "pool-";
 
@@ -631,6 +652,24 @@ mod tests {
         // pool 0: removed
         assert!(!recycle_shared_file(&dir.path().join("d.vol"), 0).unwrap());
         assert_eq!(names(dir.path()).len(), 1);
+    }
+
+    #[test]
+    fn stale_study_files_are_swept_and_pool_files_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for (name, modified) in [("ct-prep-1-0-5.vol", Some(old)), ("ct-7-0-abc.vol", Some(old)), ("ct-7-1-def.vol", None), ("pool-1-0-9.vol", Some(old)), ("other.txt", Some(old))] {
+            let f = std::fs::File::create(dir.path().join(name)).unwrap();
+            if let Some(t) = modified {
+                f.set_modified(t).unwrap();
+            }
+        }
+        let mut removed = sweep_stale_shared_files(dir.path(), std::time::Duration::from_secs(600)).unwrap();
+        removed.sort();
+        assert_eq!(removed, ["ct-7-0-abc.vol", "ct-prep-1-0-5.vol"]);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, ["ct-7-1-def.vol", "other.txt", "pool-1-0-9.vol"]);
     }
 
     #[test]
