@@ -93,33 +93,21 @@ impl Source for ZipInput<'_> {
     }
 
     fn read(&self, idx: usize, header_only: bool) -> Result<Result<DefaultDicomObject, ReadFailure>, PrepError> {
+        // streamed: the header pass stops before Pixel Data; slices are read whole by `decode`
         let mut handle = self.handle();
-        let entry = self.files[idx].0;
-        if !header_only {
-            // a slice: the whole entry in one inflate call (about twice as fast as streaming)
-            match self.read_whole(&mut handle, entry)? {
-                Some(Ok(content)) => return Ok(dicom::read_object(&mut &content[..], false)),
-                Some(Err(corrupt)) => return Ok(Err(ReadFailure::NotDicom(corrupt))),
-                None => {}
-            }
-        }
-        self.with_entry(&mut handle, entry, |r| dicom::read_object(r, header_only))
+        self.with_entry(&mut handle, self.files[idx].0, |r| dicom::read_object(r, header_only))
     }
 
+    /// The whole entry in one inflate call (about twice as fast as streaming), then
+    /// [`decode_file`]; entries `read_whole` does not take are streamed through dicom-rs.
     fn decode(&self, idx: usize, sink: &mut dyn FnMut(usize, &[i32])) -> Result<(), PrepError> {
         let unreadable = |e: ReadFailure| PrepError::geometry(format!("slice could not be read: {e}"));
-        let entry = self.files[idx].0;
-        let content = match self.read_whole(&mut self.handle(), entry)? {
-            Some(Ok(content)) => content,
-            Some(Err(corrupt)) => return Err(unreadable(ReadFailure::NotDicom(corrupt))),
-            None => return decode_object(self.read(idx, false)?.map_err(unreadable)?, sink),
-        };
-        decode_file(&content, sink)
+        match self.read_whole(&mut self.handle(), self.files[idx].0)? {
+            Some(Ok(content)) => decode_file(&content, sink),
+            Some(Err(corrupt)) => Err(unreadable(ReadFailure::NotDicom(corrupt))),
+            None => dicom::decode_frames(&self.read(idx, false)?.map_err(unreadable)?, sink),
+        }
     }
-}
-
-fn decode_object(obj: DefaultDicomObject, sink: &mut dyn FnMut(usize, &[i32])) -> Result<(), PrepError> {
-    dicom::decode_frames(&obj, sink)
 }
 
 /// Decodes a whole DICOM file held in memory: native pixel data straight from its bytes
@@ -129,7 +117,7 @@ fn decode_file(content: &[u8], sink: &mut dyn FnMut(usize, &[i32])) -> Result<()
     let head = dicom::read_object(&mut &content[..], true).map_err(unreadable)?;
     match dicom::native_pixel_data(&head, content) {
         Some(pixels) => pixels.decode(sink),
-        None => decode_object(dicom::read_object(&mut &content[..], false).map_err(unreadable)?, sink),
+        None => dicom::decode_frames(&dicom::read_object(&mut &content[..], false).map_err(unreadable)?, sink),
     }
 }
 
