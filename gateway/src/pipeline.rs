@@ -8,7 +8,9 @@
 //!    in a shared tmpfs folder instead: preprocess-svc writes it when asked
 //!    (`PrepareOptions.shared_volume`) and the gateway claims it by renaming it (or writes it from
 //!    the stream when preprocess-svc has no folder), each model service gets the header and the
-//!    file's name, and the file goes back to the folder's pool when the study ends ([`SharedVolume`]);
+//!    file's name and maps the file (it reads the voxels in place), and the file goes back to the
+//!    folder's pool when the study ends with every model answered, else it is unlinked
+//!    ([`SharedVolume`]);
 //! 3. the scores go to ensemble-svc's `Combine`.
 //!
 //! Every upstream call carries the request id as gRPC metadata `x-request-id`.
@@ -296,7 +298,7 @@ impl Pipeline {
     async fn fan_out(&self, endpoint: Endpoint, request_id: &str, mut volume: tonic::Streaming<VolumeChunk>, header: &VolumeHeader) -> Result<FanOut, ApiError> {
         // one-machine mode: the payloads go to a shared file first, the models get its name
         let write_started = Instant::now();
-        let shared = match &self.config.shared_volume_dir {
+        let mut shared = match &self.config.shared_volume_dir {
             Some(dir) => Some(SharedVolume::receive(dir, self.config.shared_volume_pool, request_id, &mut volume, header, endpoint).await?),
             None => None,
         };
@@ -361,6 +363,12 @@ impl Pipeline {
         }
         // every call has ended; the relay has too unless all calls ended early (then it is moot)
         let relay_end = relay_end.unwrap_or_else(Instant::now);
+        if let Some(s) = shared.as_mut()
+            && missing.is_empty()
+        {
+            // every model service answered: none maps the file any more
+            s.reusable = true;
+        }
         answered.sort_by_key(|a| a.0);
         missing.sort_by_key(|m| m.0);
         Ok(FanOut {
@@ -372,13 +380,21 @@ impl Pipeline {
     }
 }
 
-/// A study's voxels and lung mask in a file of the shared folder (one-machine mode), removed
+/// A study's voxels and lung mask in a file of the shared folder (one-machine mode), given up
 /// when dropped, i.e. when the study has ended whatever the outcome.
+///
+/// The model services map the file and read it in place (`ct_proto::mapped`), so it goes back to
+/// the folder's pool, to be rewritten by a later study, only when every model service has
+/// answered ([`Self::reusable`]). A call that failed, timed out or was cancelled by an early end
+/// of the study may leave a service still reading: the file is unlinked instead, which keeps
+/// the mapping valid until that reader is done.
 struct SharedVolume {
     path: std::path::PathBuf,
     name: String,
     /// Files kept for reuse in the folder (`CT_SHARED_VOLUME_POOL`).
     pool: usize,
+    /// Set once every model service has answered: no reader is left.
+    reusable: bool,
 }
 
 impl SharedVolume {
@@ -404,7 +420,7 @@ impl SharedVolume {
             .await
             .map_err(|e| ApiError::internal(format!("shared volume claim task: {e}")))?
             .map_err(|e| ApiError::internal(format!("claiming preprocess-svc's shared volume {} (is CT_SHARED_VOLUME_DIR the same folder for both?): {e}", theirs.display())))?;
-            let this = Self { path, name, pool };
+            let this = Self { path, name, pool, reusable: false };
             let meta = std::fs::symlink_metadata(&this.path).map_err(io)?;
             if !meta.file_type().is_file() || meta.len() < expected {
                 return Err(ApiError::internal(format!("preprocess-svc's shared volume holds {} bytes, its header announces {expected}", meta.len())));
@@ -415,8 +431,8 @@ impl SharedVolume {
             return Ok(this);
         }
         let file = ct_proto::codec::open_shared_for_write(dir, &name).map_err(io)?;
-        let this = Self { path, name, pool }; // from here on the file is removed on every exit
-        file.set_len(expected).map_err(io)?;
+        let this = Self { path, name, pool, reusable: false }; // from here on the file is removed on every exit
+        ct_proto::codec::grow_to(&file, expected).map_err(io)?;
         let mut file = std::io::BufWriter::with_capacity(4 << 20, file);
         let mut written = 0u64;
         let mut chunk = first;
@@ -447,9 +463,11 @@ impl SharedVolume {
 }
 
 impl Drop for SharedVolume {
-    /// The study has ended: its file goes back to the folder's pool, or is removed.
+    /// The study has ended: its file goes back to the folder's pool when no reader is left and
+    /// the pool has room, else it is removed.
     fn drop(&mut self) {
-        if let Err(e) = ct_proto::codec::recycle_shared_file(&self.path, self.pool)
+        let pool = if self.reusable { self.pool } else { 0 };
+        if let Err(e) = ct_proto::codec::recycle_shared_file(&self.path, pool)
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(file = %self.path.display(), error = %e, "could not remove a shared volume file");

@@ -130,7 +130,7 @@ fn inspect_json(p: &Prepared) -> serde_json::Value {
         "modality": m.modality,
         "selection": m.selection.map_or("nifti".to_string(), |s| serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()),
         "selection_reason": m.selection_reason,
-        "voxel_type": match p.volume.voxels() { ct_volume::Voxels::I16(_) => "int16", ct_volume::Voxels::F32(_) => "float32" },
+        "voxel_type": match p.volume.voxels() { ct_volume::VoxelView::I16(_) => "int16", ct_volume::VoxelView::F32(_) => "float32" },
         "lung_validation": m.lung,
         "n_source_files": m.n_source_files,
         "warnings": m.warnings,

@@ -56,7 +56,7 @@ fn nii_and_nii_gz_give_the_same_volume_in_i_j_k_order() {
 fn non_integer_scaling_keeps_float_hu() {
     let raw = nifti([4, 4, 2], [1.0, 1.0, 1.0], 0.5, -1000.25, |_, _, _| 3);
     let p = prepare_bytes(&raw, Some("x.nii"), &cfg()).unwrap();
-    assert!(matches!(p.volume.voxels(), ct_volume::Voxels::F32(_)));
+    assert!(matches!(p.volume.voxels(), ct_volume::VoxelView::F32(_)));
     assert_eq!(p.volume.voxels().get(0, 0, 0), -998.75);
 }
 

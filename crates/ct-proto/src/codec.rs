@@ -7,11 +7,15 @@
 //!
 //! One-machine mode: the payloads in a file of a shared tmpfs folder instead ([`write_shared_file`],
 //! read by [`VolumeAssembler`] from a `shared` part), whose finished files are kept in a small pool
-//! for reuse ([`open_shared_for_write`], [`recycle_shared_file`]).
+//! for reuse ([`open_shared_for_write`], [`recycle_shared_file`]). The receiver maps the file and
+//! reads the voxels and mask in place ([`crate::mapped`]), so the protocol keeps a mapped file
+//! intact: each study's file has a name of its own from the moment it is complete; no writer
+//! ever shrinks a file (pool files only grow); a file goes back to the pool only once no reader
+//! can still hold it (the gateway's rule), and otherwise is unlinked, which leaves mappings valid.
 
 use crate::MAX_CHUNK_BYTES;
 use crate::v1::{self, VolumeChunk, VolumeHeader, VoxelType, volume_chunk::Part};
-use ct_volume::{Geometry, Volume, Voxels};
+use ct_volume::{Array3Store, ExternalBytes, Geometry, SharedArray, SharedVoxels, Volume, VoxelView, Voxels};
 use ndarray::Array3;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -41,8 +45,8 @@ pub enum CodecError {
 pub fn encode<'a>(header: VolumeHeader, volume: &'a Volume, mask: Option<&'a Array3<u8>>) -> impl Iterator<Item = VolumeChunk> + 'a {
     let header = fill_header(header, volume, mask);
     let voxel_chunks: Box<dyn Iterator<Item = VolumeChunk> + 'a> = match volume.voxels() {
-        Voxels::I16(a) => Box::new(chunked(a.as_slice().expect("standard layout"), Part::Voxels)),
-        Voxels::F32(a) => Box::new(chunked(a.as_slice().expect("standard layout"), Part::Voxels)),
+        VoxelView::I16(a) => Box::new(chunked(a.to_slice().expect("standard layout"), Part::Voxels)),
+        VoxelView::F32(a) => Box::new(chunked(a.to_slice().expect("standard layout"), Part::Voxels)),
     };
     let mask_chunks = mask.into_iter().flat_map(|m| chunked(m.as_slice().expect("standard layout"), Part::LungMask));
     std::iter::once(VolumeChunk { part: Some(Part::Header(header)) }).chain(voxel_chunks).chain(mask_chunks)
@@ -58,8 +62,8 @@ pub fn fill_header(mut header: VolumeHeader, volume: &Volume, mask: Option<&Arra
     header.origin_mm = g.origin_mm.to_vec();
     header.slice_positions_mm = g.slice_positions_mm.iter().flatten().copied().collect();
     header.voxel_type = match volume.voxels() {
-        Voxels::I16(_) => VoxelType::Int16,
-        Voxels::F32(_) => VoxelType::Float32,
+        VoxelView::I16(_) => VoxelType::Int16,
+        VoxelView::F32(_) => VoxelType::Float32,
     } as i32;
     let n: usize = volume.dims().iter().product();
     header.voxel_bytes = (n * volume.voxels().bytes_per_voxel()) as u64;
@@ -78,12 +82,12 @@ pub fn write_shared_file(dir: &std::path::Path, name: &str, volume: &Volume, mas
     let path = dir.join(name);
     let file = open_shared_for_write(dir, name)?;
     let voxel_bytes: std::borrow::Cow<'_, [u8]> = match volume.voxels() {
-        Voxels::I16(a) => le_payload(a.as_slice().expect("standard layout")),
-        Voxels::F32(a) => le_payload(a.as_slice().expect("standard layout")),
+        VoxelView::I16(a) => le_payload(a.to_slice().expect("standard layout")),
+        VoxelView::F32(a) => le_payload(a.to_slice().expect("standard layout")),
     };
     let mask_bytes: &[u8] = mask.map_or(&[], |m| m.as_slice().expect("standard layout"));
     let total = (voxel_bytes.len() + mask_bytes.len()) as u64;
-    let result = file.set_len(total).and_then(|()| {
+    let result = grow_to(&file, total).and_then(|()| {
         // pieces of at most 8 MiB, dealt round-robin to the threads
         const PIECE: usize = 8 << 20;
         let mut pieces: Vec<(u64, &[u8])> = Vec::new();
@@ -105,6 +109,13 @@ pub fn write_shared_file(dir: &std::path::Path, name: &str, volume: &Volume, mas
         let _ = std::fs::remove_file(&path);
     }
     result
+}
+
+/// Makes `file` at least `len` bytes long. Never shrinks it: a recycled pool file may still be
+/// mapped by a reader that an abandoned study left behind, and a mapped page cut off by a
+/// truncation kills its reader (SIGBUS). Readers take the lengths from the volume header.
+pub fn grow_to(file: &std::fs::File, len: u64) -> std::io::Result<()> {
+    if file.metadata()?.len() < len { file.set_len(len) } else { Ok(()) }
 }
 
 /// Removes the study files (`ct-*.vol`: written by preprocess-svc or the gateway) of a shared
@@ -133,7 +144,8 @@ pub const POOL_PREFIX: &str = "pool-";
 
 /// Opens `dir/name` (which must not exist) for writing a study's payloads: a free file of the
 /// folder's pool renamed to `name` when there is one (its tmpfs pages are reused: no page
-/// allocation and zeroing for the 200+ MB of a study), else a new file. The caller sets the length.
+/// allocation and zeroing for the 200+ MB of a study), else a new file. The caller sets the length
+/// with [`grow_to`], never shrinking it.
 pub fn open_shared_for_write(dir: &std::path::Path, name: &str) -> std::io::Result<std::fs::File> {
     let path = dir.join(name);
     if path.symlink_metadata().is_ok() {
@@ -246,6 +258,8 @@ pub struct VolumeAssembler {
     max_voxel_bytes: u64,
     /// Where `shared` payload files may be read from (one-machine mode); `None`: refused.
     shared_dir: Option<std::path::PathBuf>,
+    /// The mapped file of a `shared` part: voxels then mask, read in place.
+    mapped: Option<std::sync::Arc<crate::mapped::MappedFile>>,
 }
 
 #[derive(Debug)]
@@ -303,7 +317,7 @@ fn read_le_into<T: LeBytes>(v: &mut Vec<T>, r: &mut impl std::io::Read, n_bytes:
 impl VolumeAssembler {
     /// `max_voxel_bytes` bounds the memory a sender can make the receiver allocate.
     pub fn new(max_voxel_bytes: u64) -> Self {
-        Self { header: None, voxels: TypedVoxels::I16(Vec::new()), voxel_bytes: 0, carry: Vec::new(), mask: Vec::new(), max_voxel_bytes, shared_dir: None }
+        Self { header: None, voxels: TypedVoxels::I16(Vec::new()), voxel_bytes: 0, carry: Vec::new(), mask: Vec::new(), max_voxel_bytes, shared_dir: None, mapped: None }
     }
 
     /// Also accepts a `shared` part naming a file in `dir` (one-machine mode, see the proto).
@@ -377,10 +391,19 @@ impl VolumeAssembler {
                 if meta.len() < voxel_bytes + mask_bytes {
                     return Err(CodecError::Shared(format!("{} holds {} bytes, the header announces {} voxel and {mask_bytes} mask bytes", s.file, meta.len(), voxel_bytes)));
                 }
-                let mut f = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&path).map_err(io)?);
-                self.voxels.read_from(&mut f, voxel_bytes as usize).map_err(io)?;
+                let file = std::fs::File::open(&path).map_err(io)?;
+                if cfg!(target_endian = "little") {
+                    // zero-copy: the volume and mask are views of the mapping (see crate::mapped)
+                    let len = usize::try_from(voxel_bytes + mask_bytes).map_err(|_| CodecError::Shared(format!("{} is too large to map", s.file)))?;
+                    self.mapped = Some(crate::mapped::MappedFile::map(&file, len).map_err(io)?);
+                    self.voxels = TypedVoxels::I16(Vec::new());
+                    self.mask = Vec::new();
+                } else {
+                    let mut f = std::io::BufReader::with_capacity(1 << 20, file);
+                    self.voxels.read_from(&mut f, voxel_bytes as usize).map_err(io)?;
+                    read_le_into(&mut self.mask, &mut f, mask_bytes as usize).map_err(io)?;
+                }
                 self.voxel_bytes = voxel_bytes;
-                read_le_into(&mut self.mask, &mut f, mask_bytes as usize).map_err(io)?;
                 Ok(())
             }
             None => Ok(()),
@@ -392,28 +415,43 @@ impl VolumeAssembler {
         matches!(chunk.part, Some(Part::Shared(_)))
     }
 
-    /// The header, the volume and the lung mask (if one was sent).
-    pub fn finish(self) -> Result<(VolumeHeader, Volume, Option<Array3<u8>>), CodecError> {
+    /// The header, the volume and the lung mask (if one was sent). From a `shared` part both are
+    /// views of the mapped file.
+    pub fn finish(self) -> Result<(VolumeHeader, Volume, Option<Array3Store<u8>>), CodecError> {
         let h = self.header.ok_or(CodecError::MissingHeader)?;
-        for (part, got, expected) in [("voxels", self.voxel_bytes, h.voxel_bytes), ("lung_mask", self.mask.len() as u64, h.mask_bytes)] {
+        let mask_got = if self.mapped.is_some() { h.mask_bytes } else { self.mask.len() as u64 };
+        for (part, got, expected) in [("voxels", self.voxel_bytes, h.voxel_bytes), ("lung_mask", mask_got, h.mask_bytes)] {
             if got != expected {
                 return Err(CodecError::Incomplete { part, expected, got });
             }
         }
         let (ni, nj, nk) = (h.dims[0] as usize, h.dims[1] as usize, h.dims[2] as usize);
         let shape = (nk, nj, ni);
-        // voxel_bytes == h.voxel_bytes, a whole number of values (checked with the header): no carry
-        let voxels = match self.voxels {
-            TypedVoxels::F32(v) => Voxels::F32(Array3::from_shape_vec(shape, v).map_err(|e| CodecError::BadHeader(e.to_string()))?),
-            TypedVoxels::I16(v) => Voxels::I16(Array3::from_shape_vec(shape, v).map_err(|e| CodecError::BadHeader(e.to_string()))?),
-        };
         let geometry = Geometry {
             spacing_mm: [h.spacing_mm[0], h.spacing_mm[1], h.spacing_mm[2]],
             orientation: std::array::from_fn(|a| h.orientation[a]),
             origin_mm: [h.origin_mm[0], h.origin_mm[1], h.origin_mm[2]],
             slice_positions_mm: h.slice_positions_mm.chunks_exact(3).map(|p| [p[0], p[1], p[2]]).collect(),
         };
-        let mask = if h.has_lung_mask { Some(Array3::from_shape_vec(shape, self.mask).map_err(|e| CodecError::BadHeader(e.to_string()))?) } else { None };
+        if let Some(buf) = self.mapped {
+            let buf: std::sync::Arc<dyn ExternalBytes> = buf;
+            let bad = |e: ct_volume::StoreError| CodecError::Shared(e.to_string());
+            let dims = [nk, nj, ni];
+            let voxels = if h.voxel_type == VoxelType::Float32 as i32 {
+                SharedVoxels::F32(SharedArray::new(std::sync::Arc::clone(&buf), 0, dims).map_err(bad)?)
+            } else {
+                SharedVoxels::I16(SharedArray::new(std::sync::Arc::clone(&buf), 0, dims).map_err(bad)?)
+            };
+            let mask = if h.has_lung_mask { Some(Array3Store::Shared(SharedArray::new(buf, h.voxel_bytes as usize, dims).map_err(bad)?)) } else { None };
+            let volume = Volume::new_shared(voxels, geometry)?;
+            return Ok((h, volume, mask));
+        }
+        // voxel_bytes == h.voxel_bytes, a whole number of values (checked with the header): no carry
+        let voxels = match self.voxels {
+            TypedVoxels::F32(v) => Voxels::F32(Array3::from_shape_vec(shape, v).map_err(|e| CodecError::BadHeader(e.to_string()))?),
+            TypedVoxels::I16(v) => Voxels::I16(Array3::from_shape_vec(shape, v).map_err(|e| CodecError::BadHeader(e.to_string()))?),
+        };
+        let mask = if h.has_lung_mask { Some(Array3::from_shape_vec(shape, self.mask).map_err(|e| CodecError::BadHeader(e.to_string()))?.into()) } else { None };
         let volume = Volume::new(voxels, geometry)?;
         Ok((h, volume, mask))
     }
@@ -492,7 +530,7 @@ mod tests {
     #[test]
     fn float_volumes_round_trip_bit_exactly_in_little_endian() {
         let vol = volume(3, 40, 50);
-        let Voxels::I16(a) = vol.voxels() else { unreachable!() };
+        let VoxelView::I16(a) = vol.voxels() else { unreachable!() };
         let f = a.mapv(|v| f32::from(v) * 0.37 - 1e-3);
         let special = [f32::MIN_POSITIVE, -0.0, f32::MAX, 1.0e-40];
         let mut f = f;
@@ -510,7 +548,7 @@ mod tests {
         }
         let (_, back, m) = asm.finish().unwrap();
         assert!(m.is_none());
-        let Voxels::F32(b) = back.voxels() else { panic!("expected f32 voxels") };
+        let VoxelView::F32(b) = back.voxels() else { panic!("expected f32 voxels") };
         assert!(b.iter().zip(f.iter()).all(|(x, y)| x.to_bits() == y.to_bits()));
     }
 
@@ -558,7 +596,7 @@ mod tests {
         assert!(VolumeAssembler::is_shared(&shared("s1.vol")));
         a.push(shared("s1.vol")).unwrap();
         let (h, back, m) = a.finish().unwrap();
-        assert_eq!((h.study_uid.as_str(), &back, m.as_ref()), ("9.8", &vol, Some(&mask)));
+        assert_eq!((h.study_uid.as_str(), &back, m.as_ref()), ("9.8", &vol, Some(&mask.clone().into())));
 
         // a header without the mask (as the gateway sends to most models) reads the voxels only
         let mut no_mask = header.clone();
@@ -640,18 +678,46 @@ mod tests {
         assert!(recycle_shared_file(&dir.path().join("b.vol"), 2).unwrap());
         assert!(!recycle_shared_file(&dir.path().join("c.vol"), 2).unwrap());
         assert!(names(dir.path()).iter().all(|n| n.starts_with(POOL_PREFIX)) && names(dir.path()).len() == 2);
-        // the next file reuses a free one, with the right length and content (the mask-less one is
-        // shorter than what the free file held)
+        // the next file reuses a free one, with the right content; the mask-less study is shorter
+        // than what the free file held, and the file keeps its length (files never shrink)
+        let with_mask = fill_header(VolumeHeader::default(), &vol, Some(&mask));
         write_shared_file(dir.path(), "d.vol", &vol, None, 2).unwrap();
         assert_eq!(names(dir.path()).len(), 2);
-        let mut asm = VolumeAssembler::new(1 << 30).with_shared_dir(Some(dir.path().to_path_buf()));
-        asm.push(VolumeChunk { part: Some(Part::Header(fill_header(VolumeHeader::default(), &vol, None))) }).unwrap();
-        asm.push(VolumeChunk { part: Some(Part::Shared(v1::SharedPayload { file: "d.vol".into() })) }).unwrap();
-        assert_eq!(asm.finish().unwrap().1, vol);
-        assert_eq!(std::fs::metadata(dir.path().join("d.vol")).unwrap().len(), fill_header(VolumeHeader::default(), &vol, None).voxel_bytes);
+        let read = |name: &str, header: &VolumeHeader| {
+            let mut asm = VolumeAssembler::new(1 << 30).with_shared_dir(Some(dir.path().to_path_buf()));
+            asm.push(VolumeChunk { part: Some(Part::Header(header.clone())) }).unwrap();
+            asm.push(VolumeChunk { part: Some(Part::Shared(v1::SharedPayload { file: name.into() })) }).unwrap();
+            asm.finish().unwrap()
+        };
+        let (_, back, m) = read("d.vol", &fill_header(VolumeHeader::default(), &vol, None));
+        assert!(back.is_shared() && m.is_none());
+        assert_eq!(back, vol);
+        assert_eq!(std::fs::metadata(dir.path().join("d.vol")).unwrap().len(), with_mask.voxel_bytes + with_mask.mask_bytes);
         // pool 0: removed
         assert!(!recycle_shared_file(&dir.path().join("d.vol"), 0).unwrap());
         assert_eq!(names(dir.path()).len(), 1);
+    }
+
+    #[test]
+    fn a_mapped_file_stays_readable_when_its_pool_file_is_reused_for_a_smaller_study() {
+        // a reader the gateway gave up on may still map a file that went back to the pool: the
+        // next, smaller study must not truncate it under the mapping (SIGBUS would kill the test)
+        let big = volume(6, 40, 30);
+        let mask = Array3::from_shape_fn((6, 40, 30), |(k, j, i)| u8::from((k + j + i) % 2 == 0));
+        let dir = tempfile::tempdir().unwrap();
+        write_shared_file(dir.path(), "a.vol", &big, Some(&mask), 2).unwrap();
+        let mut asm = VolumeAssembler::new(1 << 30).with_shared_dir(Some(dir.path().to_path_buf()));
+        asm.push(VolumeChunk { part: Some(Part::Header(fill_header(VolumeHeader::default(), &big, Some(&mask)))) }).unwrap();
+        asm.push(VolumeChunk { part: Some(Part::Shared(v1::SharedPayload { file: "a.vol".into() })) }).unwrap();
+        let (_, back, m) = asm.finish().unwrap();
+        assert_eq!(m.as_ref().map(|m| m.view().to_owned()), Some(mask.clone()));
+        assert!(recycle_shared_file(&dir.path().join("a.vol"), 2).unwrap());
+        let small = volume(1, 4, 3);
+        write_shared_file(dir.path(), "b.vol", &small, None, 2).unwrap();
+        // every page of the old mapping is still there (its first bytes now hold the new study)
+        let last = back.voxels().get(5, 39, 29);
+        assert_eq!(last, big.voxels().get(5, 39, 29));
+        assert_eq!(m.unwrap().view()[[5, 39, 29]], mask[[5, 39, 29]]);
     }
 
     #[test]
@@ -687,7 +753,7 @@ mod tests {
         let (h, back, m) = asm.finish().unwrap();
         assert_eq!(h.study_uid, "1.2.3");
         assert_eq!(back, vol);
-        assert_eq!(m.unwrap(), mask);
+        assert_eq!(m.unwrap(), mask.into());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod codec;
 pub mod errors;
+pub mod mapped;
 
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]

@@ -11,6 +11,7 @@
 pub mod lung;
 pub mod npy;
 pub mod recipe;
+pub mod store;
 mod volume;
 
 pub use lung::{LungStats, LungValidation, lung_mask, lung_voxels_per_slice, validate_lung_counts, validate_lungs};
@@ -18,4 +19,5 @@ pub use recipe::ctclip::{CTCLIP_INPUT_SHAPE, CTCLIP_SHAPE, CtclipBlocksError, Ct
 pub use recipe::diffusion::{DiffusionError, DiffusionParams, diffusion_slices};
 pub use recipe::fvlm::{FvlmError, FvlmOrganBox, FvlmOrganInput, FvlmParams, FvlmPlan, FvlmRoi, fvlm_inputs, fvlm_organ_input, fvlm_plan};
 pub use recipe::mednext::{MEDNEXT_ROI, MednextError, MednextParams, mednext_resampled_clipped, mednext_tensor, to_f16_bits};
-pub use volume::{Geometry, Volume, VolumeError, Voxels};
+pub use store::{Array3Store, ExternalBytes, SharedArray, StoreError};
+pub use volume::{Geometry, SharedVoxels, Volume, VolumeError, VoxelView, Voxels};

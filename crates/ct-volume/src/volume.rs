@@ -1,4 +1,5 @@
-use ndarray::Array3;
+use crate::store::SharedArray;
+use ndarray::{Array3, ArrayView3};
 
 /// Voxel values in Hounsfield units.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,11 +67,64 @@ pub enum VolumeError {
     SlicePositions { found: usize, nk: usize },
 }
 
+/// A study's voxels viewed in place, whatever their storage (see [`Volume::voxels`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum VoxelView<'a> {
+    I16(ArrayView3<'a, i16>),
+    F32(ArrayView3<'a, f32>),
+}
+
+impl VoxelView<'_> {
+    /// `[nk, nj, ni]`.
+    pub fn shape(&self) -> [usize; 3] {
+        let s = match self {
+            Self::I16(a) => a.shape(),
+            Self::F32(a) => a.shape(),
+        };
+        [s[0], s[1], s[2]]
+    }
+
+    pub fn bytes_per_voxel(&self) -> usize {
+        match self {
+            Self::I16(_) => 2,
+            Self::F32(_) => 4,
+        }
+    }
+
+    /// Value of slice `k`, row `j`, column `i` as f32.
+    pub fn get(&self, k: usize, j: usize, i: usize) -> f32 {
+        match self {
+            Self::I16(a) => f32::from(a[[k, j, i]]),
+            Self::F32(a) => a[[k, j, i]],
+        }
+    }
+}
+
+/// Voxels in an external buffer (one-machine mode: a mapped file of the shared folder), read in
+/// place; see [`crate::store`].
+#[derive(Debug, Clone)]
+pub enum SharedVoxels {
+    I16(SharedArray<i16>),
+    F32(SharedArray<f32>),
+}
+
+#[derive(Debug, Clone)]
+enum Storage {
+    Owned(Voxels),
+    Shared(SharedVoxels),
+}
+
 /// A canonical CT volume: HU voxels plus geometry.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Volume {
-    voxels: Voxels,
+    storage: Storage,
     geometry: Geometry,
+}
+
+impl PartialEq for Volume {
+    fn eq(&self, other: &Self) -> bool {
+        self.voxels() == other.voxels() && self.geometry == other.geometry
+    }
 }
 
 impl Volume {
@@ -81,22 +135,43 @@ impl Volume {
             Voxels::F32(a) if !a.is_standard_layout() => Voxels::F32(a.as_standard_layout().into_owned()),
             v => v,
         };
-        let shape = voxels.shape();
+        Self::checked(Storage::Owned(voxels), geometry)
+    }
+
+    /// A volume read in place from an external buffer (C order by construction).
+    pub fn new_shared(voxels: SharedVoxels, geometry: Geometry) -> Result<Self, VolumeError> {
+        Self::checked(Storage::Shared(voxels), geometry)
+    }
+
+    fn checked(storage: Storage, geometry: Geometry) -> Result<Self, VolumeError> {
+        let this = Self { storage, geometry };
+        let shape = this.voxels().shape();
         if shape.contains(&0) {
             return Err(VolumeError::Empty { shape });
         }
-        let s = geometry.spacing_mm;
+        let s = this.geometry.spacing_mm;
         if s.iter().any(|v| !v.is_finite() || *v <= 0.0) {
             return Err(VolumeError::BadSpacing { spacing: s });
         }
-        if geometry.slice_positions_mm.len() != shape[0] {
-            return Err(VolumeError::SlicePositions { found: geometry.slice_positions_mm.len(), nk: shape[0] });
+        if this.geometry.slice_positions_mm.len() != shape[0] {
+            return Err(VolumeError::SlicePositions { found: this.geometry.slice_positions_mm.len(), nk: shape[0] });
         }
-        Ok(Self { voxels, geometry })
+        Ok(this)
     }
 
-    pub fn voxels(&self) -> &Voxels {
-        &self.voxels
+    /// The voxels in place (C order, `[nk, nj, ni]`).
+    pub fn voxels(&self) -> VoxelView<'_> {
+        match &self.storage {
+            Storage::Owned(Voxels::I16(a)) => VoxelView::I16(a.view()),
+            Storage::Owned(Voxels::F32(a)) => VoxelView::F32(a.view()),
+            Storage::Shared(SharedVoxels::I16(a)) => VoxelView::I16(a.view()),
+            Storage::Shared(SharedVoxels::F32(a)) => VoxelView::F32(a.view()),
+        }
+    }
+
+    /// Whether the voxels are read in place from an external buffer.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.storage, Storage::Shared(_))
     }
 
     pub fn geometry(&self) -> &Geometry {
@@ -105,23 +180,23 @@ impl Volume {
 
     /// `[ni, nj, nk]`: columns, rows, slices (the reference's NIfTI shape).
     pub fn dims(&self) -> [usize; 3] {
-        let [nk, nj, ni] = self.voxels.shape();
+        let [nk, nj, ni] = self.voxels().shape();
         [ni, nj, nk]
     }
 
     /// Slice `k` as f32 HU, row-major `[j][i]`, written into `out` (length `nj * ni`).
     pub fn slice_f32(&self, k: usize, out: &mut [f32]) {
-        match &self.voxels {
-            Voxels::I16(a) => {
-                let s = a.index_axis(ndarray::Axis(0), k);
-                let s = s.as_slice().expect("standard layout");
+        match self.voxels() {
+            VoxelView::I16(a) => {
+                let s = a.index_axis_move(ndarray::Axis(0), k);
+                let s = s.to_slice().expect("standard layout");
                 for (o, v) in out.iter_mut().zip(s) {
                     *o = f32::from(*v);
                 }
             }
-            Voxels::F32(a) => {
-                let s = a.index_axis(ndarray::Axis(0), k);
-                out.copy_from_slice(s.as_slice().expect("standard layout"));
+            VoxelView::F32(a) => {
+                let s = a.index_axis_move(ndarray::Axis(0), k);
+                out.copy_from_slice(s.to_slice().expect("standard layout"));
             }
         }
     }

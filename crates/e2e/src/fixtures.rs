@@ -1,7 +1,7 @@
 //! Test inputs: the committed generated studies, real series from `../shared/testdata`, ZIPs
 //! built in memory, and NIfTI files written from a preprocessed study.
 
-use ct_volume::Voxels;
+use ct_volume::VoxelView;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -113,12 +113,12 @@ pub fn study_nifti(name: &str) -> Vec<u8> {
         }
     }
     match v.voxels() {
-        Voxels::I16(a) => {
+        VoxelView::I16(a) => {
             for x in a.iter() {
                 h.extend_from_slice(&x.to_le_bytes());
             }
         }
-        Voxels::F32(_) => panic!("{name}: expected an int16 volume"),
+        VoxelView::F32(_) => panic!("{name}: expected an int16 volume"),
     }
     h
 }

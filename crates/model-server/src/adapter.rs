@@ -4,8 +4,7 @@
 
 use crate::bundle::{Activation, Bundle, BundleError, Labels};
 use crate::engine::{Engine, EngineError, Input, Output};
-use ct_volume::Volume;
-use ndarray::Array3;
+use ct_volume::{Array3Store, Volume};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tonic::Code;
@@ -15,8 +14,9 @@ pub struct Study {
     /// Study instance UID (for logs; never patient data).
     pub uid: String,
     pub volume: Volume,
-    /// The preprocessing lung mask (`[nk, nj, ni]`, 1 = lung), when the stream carried it.
-    pub lung_mask: Option<Array3<u8>>,
+    /// The preprocessing lung mask (`[nk, nj, ni]`, 1 = lung), when the stream carried it (in
+    /// one-machine mode a view of the shared file, like the volume).
+    pub lung_mask: Option<Array3Store<u8>>,
 }
 
 /// Options of the generic CLI that some adapters use.

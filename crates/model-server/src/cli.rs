@@ -112,7 +112,7 @@ fn predict<A: Adapter>(bundle: PathBuf, input: PathBuf, engine: EngineConfig, pr
     let model = Model::<A>::load(&bundle, &engine, config).with_context(|| format!("loading bundle {}", bundle.display()))?;
     let prepared = prepare_path(&input, &prepare).map_err(|e| anyhow::anyhow!("{} ({})", e, e.error_type())).with_context(|| format!("preprocessing {}", input.display()))?;
     let preprocess_ms: f64 = prepared.meta.timings_ms.iter().map(|(_, v)| v).sum();
-    let study = Study { uid: prepared.meta.study_uid.clone(), volume: prepared.volume, lung_mask: prepared.lung_mask };
+    let study = Study { uid: prepared.meta.study_uid.clone(), volume: prepared.volume, lung_mask: prepared.lung_mask.map(Into::into) };
     let (values, timings) = runtime()?.block_on(model.predict(study)).map_err(|e| anyhow::anyhow!("{} ({})", e, e.error_type()))?;
     tracing::info!(preprocess_ms, timings_ms = %serde_json::to_string(&timings)?, "predicted");
     let mut out = serde_json::Map::new();

@@ -89,7 +89,7 @@ impl<A: Adapter> Model<A> {
         let t = Instant::now();
         for e in &mut engines {
             let (volume, mask) = crate::phantom::chest();
-            let study = Study { uid: "warm-up".into(), volume, lung_mask: Some(mask) };
+            let study = Study { uid: "warm-up".into(), volume, lung_mask: Some(mask.into()) };
             let mut runner = Runner::new(e);
             adapter.predict(&study, &mut runner).map_err(|err| EngineError::Run(format!("warm-up prediction failed: {err}")))?;
             metrics.session_runs.inc_by(u64::from(runner.finish().1));

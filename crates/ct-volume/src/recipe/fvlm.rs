@@ -26,7 +26,7 @@
 //! over output slices.
 
 use super::{LinearTap, torch_linear_tap};
-use crate::{Volume, Voxels};
+use crate::{Volume, VoxelView};
 use ndarray::ArrayView3;
 use rayon::prelude::*;
 
@@ -307,8 +307,8 @@ pub fn fvlm_organ_input(volume: &Volume, mask: ArrayView3<'_, u8>, roi: &FvlmRoi
 
     let mut image = vec![0f32; ok * plane];
     match volume.voxels() {
-        Voxels::I16(a) => resize_image(a.as_slice().expect("standard layout"), shape, &ax, [oj, oi], params.hu_window, &mut image),
-        Voxels::F32(a) => resize_image(a.as_slice().expect("standard layout"), shape, &ax, [oj, oi], params.hu_window, &mut image),
+        VoxelView::I16(a) => resize_image(a.as_slice().expect("standard layout"), shape, &ax, [oj, oi], params.hu_window, &mut image),
+        VoxelView::F32(a) => resize_image(a.as_slice().expect("standard layout"), shape, &ax, [oj, oi], params.hu_window, &mut image),
     }
 
     let mut out_mask = vec![0f32; ok * plane];
@@ -408,7 +408,7 @@ pub fn fvlm_inputs(volume: &Volume, mask: ArrayView3<'_, u8>, params: &FvlmParam
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Geometry;
+    use crate::{Geometry, Voxels};
     use ndarray::Array3;
     use proptest::prelude::*;
 

@@ -35,7 +35,7 @@
 //! transpose of the volume's `[k, j, i]` storage. Only the voxels that survive the crop are
 //! computed: separable passes (i, then j, then k) over blocks of output columns `i`, in parallel.
 
-use crate::{Volume, Voxels};
+use crate::{Volume, VoxelView};
 use rayon::prelude::*;
 
 /// Reference ROI `(i, j, k)`.
@@ -186,8 +186,8 @@ pub fn mednext_resampled_clipped(volume: &Volume, params: &MednextParams) -> Res
     let [ri, rj, rk] = params.roi;
     let mut out = vec![0f32; ri * rj * rk];
     match volume.voxels() {
-        Voxels::I16(a) => resample(a.as_slice().expect("standard layout"), dims, &plans, params, &mut out),
-        Voxels::F32(a) => resample(a.as_slice().expect("standard layout"), dims, &plans, params, &mut out),
+        VoxelView::I16(a) => resample(a.as_slice().expect("standard layout"), dims, &plans, params, &mut out),
+        VoxelView::F32(a) => resample(a.as_slice().expect("standard layout"), dims, &plans, params, &mut out),
     }
     Ok(out)
 }
@@ -371,7 +371,7 @@ pub fn to_f16_bits(src: &[f32]) -> Vec<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Geometry;
+    use crate::{Geometry, Voxels};
     use ndarray::Array3;
     use proptest::prelude::*;
 
@@ -436,7 +436,7 @@ mod tests {
         assert_eq!(axes.map(|a| a.size), [11, 15, 12]);
         let plans: [AxisPlan; 3] = std::array::from_fn(|a| AxisPlan::new(dims[a], f64::from(z[a]), axes[a], p.roi[a]));
         let mut out = vec![0f32; 12 * 20 * 14];
-        let Voxels::I16(a) = vol.voxels() else { unreachable!() };
+        let VoxelView::I16(a) = vol.voxels() else { unreachable!() };
         resample(a.as_slice().unwrap(), dims, &plans, &p, &mut out);
         // pad before: i (12 - 11) / 2 = 0, j (20 - 15) / 2 = 2, k (14 - 12) / 2 = 1
         let (bi, bj, bk) = (0, 2, 1);
@@ -495,7 +495,7 @@ mod tests {
         assert_eq!(axes[2].size, 5); // round(6 / 1.5 + 1)
         let plans: [AxisPlan; 3] = std::array::from_fn(|a| AxisPlan::new(dims[a], 1.0, axes[a], p.roi[a]));
         let mut out = vec![0f32; 4 * 4 * 5];
-        let Voxels::I16(a) = vol.voxels() else { unreachable!() };
+        let VoxelView::I16(a) = vol.voxels() else { unreachable!() };
         resample(a.as_slice().unwrap(), dims, &plans, &p, &mut out);
         // k = 1 samples src 1.5 -> 0.5 * -1000 + 0.5 * 3000 = 1000 (clipping first would give 0);
         // k = 2 samples src 3.0 -> -1000
