@@ -175,7 +175,7 @@ def stack_processes(names, proc_root="/proc"):
     return found
 
 
-def read_status_kib(pid, keys=("VmHWM", "VmRSS"), proc_root="/proc"):
+def read_status_kib(pid, keys=("VmHWM", "VmRSS", "RssShmem"), proc_root="/proc"):
     """{key: KiB} from /proc/<pid>/status."""
     out = {}
     try:
@@ -491,6 +491,9 @@ def main(argv=None):
         "gateway_histograms_mean_s": {f"{n}{{{','.join(f'{k}={v}' for k, v in sorted(l))}}}": s / c
                                       for (n, l), (s, c) in sorted(gw_hist.items(), key=lambda x: x[0][0])},
         "peak_rss_mib": {f"{procs[p]}[{p}]": round(v.get("VmHWM", 0) / 1024, 1) for p, v in sorted(rss.items(), key=lambda x: procs[x[0]])},
+        # pages of shared tmpfs files mapped at the end (one-machine mode): counted in every
+        # process that maps them, but in memory once
+        "rss_shmem_mib": {f"{procs[p]}[{p}]": round(v.get("RssShmem", 0) / 1024, 1) for p, v in sorted(rss.items(), key=lambda x: procs[x[0]])},
         "peak_rss_reset_before_load": all(reset.values()) if reset else False,
         "cpu_s_per_study": dict(sorted(cpu_per_study.items())),
         "processes_not_found": missing,
@@ -530,8 +533,10 @@ def main(argv=None):
     else:
         print(f"gateway histograms: none from {a.admin_url}/metrics")
     print("peak RSS (VmHWM" + (", reset before the load" if report["peak_rss_reset_before_load"] else ", process lifetime") + "):")
+    shmem = report.get("rss_shmem_mib", {})
     for k, v in report["peak_rss_mib"].items():
-        print(f"  {k:<28} {v:9.1f} MiB")
+        extra = f"  (of which shared tmpfs file pages at the end: {shmem[k]:.1f} MiB)" if shmem.get(k) else ""
+        print(f"  {k:<28} {v:9.1f} MiB{extra}")
     if missing:
         print(f"  not found: {', '.join(missing)}")
     if cpu_per_study:

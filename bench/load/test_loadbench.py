@@ -107,13 +107,13 @@ class Procs(unittest.TestCase):
                 _write(os.path.join(d, "comm"), comm + "\n")
                 _write(os.path.join(d, "cmdline"), argv0.encode() + b"\0serve\0")
                 _write(os.path.join(d, "status"), status)
-            proc(10, "gateway", "/x/target/release/gateway", "Name:\tgateway\nVmHWM:\t  204800 kB\nVmRSS:\t  102400 kB\n")
+            proc(10, "gateway", "/x/target/release/gateway", "Name:\tgateway\nVmHWM:\t  204800 kB\nVmRSS:\t  102400 kB\nRssShmem:\t 4096 kB\n")
             proc(11, "bash", "/bin/bash", "VmHWM:\t 10 kB\n")
             proc(12, "tokio-runtime-w", "/x/target/release/ctclip-svc", "VmHWM:\t 2048 kB\n")  # comm renamed by a thread
             os.makedirs(os.path.join(root, "self"))
             found = lb.stack_processes(set(lb.SERVICES), proc_root=root)
             self.assertEqual(found, {10: "gateway", 12: "ctclip-svc"})
-            self.assertEqual(lb.read_status_kib(10, proc_root=root), {"VmHWM": 204800, "VmRSS": 102400})
+            self.assertEqual(lb.read_status_kib(10, proc_root=root), {"VmHWM": 204800, "VmRSS": 102400, "RssShmem": 4096})
             self.assertEqual(lb.read_status_kib(99, proc_root=root), {})
             # a command name with spaces and parentheses; utime 250 and stime 50 ticks
             tick = os.sysconf("SC_CLK_TCK")

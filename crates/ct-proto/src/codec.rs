@@ -395,7 +395,7 @@ impl VolumeAssembler {
                 if cfg!(target_endian = "little") {
                     // zero-copy: the volume and mask are views of the mapping (see crate::mapped)
                     let len = usize::try_from(voxel_bytes + mask_bytes).map_err(|_| CodecError::Shared(format!("{} is too large to map", s.file)))?;
-                    self.mapped = Some(crate::mapped::MappedFile::map(&file, len).map_err(io)?);
+                    self.mapped = Some(crate::mapped::map_shared(file, len).map_err(io)?);
                     self.voxels = TypedVoxels::I16(Vec::new());
                     self.mask = Vec::new();
                 } else {
