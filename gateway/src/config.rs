@@ -157,14 +157,15 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// One-machine mode: a folder (tmpfs, e.g. under /dev/shm) that the model services also read
     /// (their CT_SHARED_VOLUME_DIR). Each study's volume is written there once and the model
-    /// services get its file name instead of five copies over gRPC; the file is removed when the
-    /// study ends. Unset (default, and always across machines): the volume is streamed.
+    /// services get its file name instead of five copies over gRPC and map the file; when the study
+    /// ends the file goes back to the pool (`shared_volume_pool`) if every model answered, else it
+    /// is removed. Unset (default, and always across machines): the volume is streamed.
     #[arg(long, env = "CT_SHARED_VOLUME_DIR")]
     pub shared_volume_dir: Option<std::path::PathBuf>,
     /// One-machine mode: how many finished studies' files are kept in the shared folder for reuse
     /// instead of removed (each holds a study's volume and mask in memory, about 235 MB for 300
     /// slices of 512 x 512; reusing their pages saves the kernel allocating and zeroing them for
-    /// every study). 0: remove every file.
+    /// every study, and the model services their mappings). 0: remove every file.
     #[arg(long, env = "CT_SHARED_VOLUME_POOL", default_value_t = 2)]
     pub shared_volume_pool: usize,
 }

@@ -34,7 +34,8 @@ pub struct ServerConfig {
     #[arg(long, env = "CT_BATCH_SIZE")]
     pub batch_size: Option<usize>,
     /// One-machine mode: a folder (tmpfs, e.g. under /dev/shm) shared with the gateway, from which
-    /// volumes sent as a `shared` payload file are read instead of over the stream. Unset: refused.
+    /// volumes sent as a `shared` payload file are mapped and read in place instead of sent over
+    /// the stream (`ct_proto::mapped`). Unset: refused.
     #[arg(long, env = "CT_SHARED_VOLUME_DIR")]
     pub shared_volume_dir: Option<std::path::PathBuf>,
 }
@@ -224,13 +225,14 @@ impl<A: Adapter> Service<A> {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|s| ModelError::Stream(ct_proto::codec::CodecError::BadHeader(format!("stream broken: {}", s.message()))))?;
             if VolumeAssembler::is_shared(&chunk) {
-                // reads the whole volume from the shared file: off the async workers
+                // maps the shared file (page tables filled at once unless mapped before): off the
+                // async workers
                 let (back, r) = tokio::task::spawn_blocking(move || {
                     let r = asm.push(chunk);
                     (asm, r)
                 })
                 .await
-                .map_err(|e| ModelError::BadOutput(format!("shared volume read task: {e}")))?;
+                .map_err(|e| ModelError::BadOutput(format!("shared volume mapping task: {e}")))?;
                 asm = back;
                 r?;
             } else {
