@@ -73,12 +73,11 @@ pub fn fill_header(mut header: VolumeHeader, volume: &Volume, mask: Option<&Arra
 }
 
 /// Writes the payloads of a `shared` part (the voxels' little-endian bytes, then the mask's) to
-/// `dir/name`, which must not exist yet, using up to `threads` threads (each writes its own byte
-/// ranges with positioned writes; on tmpfs that is a memory copy plus page allocation, which
-/// scales with the cores). The file is a recycled one of the folder's pool when there is one
-/// ([`open_shared_for_write`]). On error the partial file is removed.
+/// `dir/name`, which must not exist yet, through a writable mapping ([`crate::mapped::write_mapped`],
+/// kept for the next study in the same pool file), copying with up to `threads` threads. The file
+/// is a recycled one of the folder's pool when there is one ([`open_shared_for_write`]); it never
+/// shrinks. On error the partial file is removed.
 pub fn write_shared_file(dir: &std::path::Path, name: &str, volume: &Volume, mask: Option<&Array3<u8>>, threads: usize) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
     let path = dir.join(name);
     let file = open_shared_for_write(dir, name)?;
     let voxel_bytes: std::borrow::Cow<'_, [u8]> = match volume.voxels() {
@@ -87,23 +86,22 @@ pub fn write_shared_file(dir: &std::path::Path, name: &str, volume: &Volume, mas
     };
     let mask_bytes: &[u8] = mask.map_or(&[], |m| m.as_slice().expect("standard layout"));
     let total = (voxel_bytes.len() + mask_bytes.len()) as u64;
-    let result = grow_to(&file, total).and_then(|()| {
+    let total = usize::try_from(total).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "volume too large"))?;
+    let result = crate::mapped::write_mapped(file, total, |out| {
         // pieces of at most 8 MiB, dealt round-robin to the threads
         const PIECE: usize = 8 << 20;
-        let mut pieces: Vec<(u64, &[u8])> = Vec::new();
-        for (base, bytes) in [(0u64, &voxel_bytes[..]), (voxel_bytes.len() as u64, mask_bytes)] {
-            pieces.extend(bytes.chunks(PIECE).enumerate().map(|(i, c)| (base + (i * PIECE) as u64, c)));
+        let (vox_out, mask_out) = out.split_at_mut(voxel_bytes.len());
+        let mut per_thread: Vec<Vec<(&mut [u8], &[u8])>> = (0..threads.max(1)).map(|_| Vec::new()).collect();
+        let pairs = vox_out.chunks_mut(PIECE).zip(voxel_bytes.chunks(PIECE)).chain(mask_out.chunks_mut(PIECE).zip(mask_bytes.chunks(PIECE)));
+        for (i, pair) in pairs.enumerate() {
+            let t = i % per_thread.len();
+            per_thread[t].push(pair);
         }
-        let threads = threads.clamp(1, pieces.len().max(1));
         std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..threads)
-                .map(|t| {
-                    let (file, pieces) = (&file, &pieces);
-                    scope.spawn(move || pieces.iter().skip(t).step_by(threads).try_for_each(|(at, c)| file.write_all_at(c, *at)))
-                })
-                .collect();
-            handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err(std::io::Error::other("a shared-file writer thread panicked"))))
-        })
+            for pieces in per_thread.into_iter().filter(|p| !p.is_empty()) {
+                scope.spawn(move || pieces.into_iter().for_each(|(dst, src)| dst.copy_from_slice(src)));
+            }
+        });
     });
     if result.is_err() {
         let _ = std::fs::remove_file(&path);
@@ -157,10 +155,10 @@ pub fn open_shared_for_write(dir: &std::path::Path, name: &str) -> std::io::Resu
         let is_pool = free.to_str().is_some_and(|n| n.starts_with(POOL_PREFIX) && n.ends_with(".vol"));
         // a rename is atomic: of two claimants of the same free file, one wins
         if is_pool && entry.file_type().is_ok_and(|t| t.is_file()) && std::fs::rename(entry.path(), &path).is_ok() {
-            return std::fs::OpenOptions::new().write(true).open(&path);
+            return std::fs::OpenOptions::new().read(true).write(true).open(&path);
         }
     }
-    std::fs::OpenOptions::new().write(true).create_new(true).open(&path)
+    std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)
 }
 
 /// Ends the life of a study's shared file: it becomes a free file of the folder's pool when the

@@ -20,6 +20,12 @@
 //! creates it mode 0700; compose mounts a volume no other container sees).
 
 //!
+//! The writer (preprocess-svc) fills the file through a writable mapping too ([`write_mapped`]):
+//! copying into mapped pages is twice as fast as `pwrite` into tmpfs (no page-cache lookup per
+//! 4 KiB). A write to a hole of a full tmpfs would raise SIGBUS instead of an error, so a file's
+//! space is reserved with `fallocate` before it is first mapped for writing (an error: ENOSPC);
+//! the pages of a file mapped before stay allocated.
+//!
 //! Mapping costs a page-table entry per 4 KiB page (about 20 ms for a 157 MB volume, paid by every
 //! model service for every study), while the files themselves cycle through the folder's small
 //! pool. [`map_shared`] therefore keeps the last few mappings, by inode: a study that arrives in a
@@ -92,6 +98,66 @@ pub fn map_shared(file: std::fs::File, len: usize) -> std::io::Result<Arc<Mapped
     Ok(map)
 }
 
+/// A writable mapping of a whole file, cached by inode like the readers' ([`write_mapped`]).
+struct CachedWritable {
+    dev: u64,
+    ino: u64,
+    file: std::fs::File,
+    map: memmap2::MmapMut,
+}
+
+static WRITE_CACHE: Mutex<Vec<CachedWritable>> = Mutex::new(Vec::new());
+
+/// Fills the first `len` bytes of `file` (opened for reading and writing; it may be shorter: it
+/// grows to `len`, never shrinks) through a shared writable mapping: `fill` gets them as one
+/// slice. The mapping is cached for the next study written to the same file (the pool's files
+/// come back); while `fill` runs it is this call's alone.
+pub fn write_mapped<R>(file: std::fs::File, len: usize, fill: impl FnOnce(&mut [u8]) -> R) -> std::io::Result<R> {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::io::AsRawFd;
+    if len == 0 {
+        return Ok(fill(&mut []));
+    }
+    let meta = file.metadata()?;
+    let taken = {
+        let mut cache = WRITE_CACHE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache.retain(|c| c.file.metadata().is_ok_and(|m| m.nlink() > 0));
+        // taken out of the cache: no other writer can reach this mapping until it is put back
+        cache.iter().position(|c| c.dev == meta.dev() && c.ino == meta.ino()).map(|at| cache.remove(at)).filter(|c| c.map.len() >= len)
+    };
+    let mut entry = match taken {
+        Some(c) => c,
+        None => {
+            let want = meta.len().max(len as u64);
+            let want_i64 = i64::try_from(want).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "file too large to map"))?;
+            // SAFETY: fallocate on an open descriptor with plain integer arguments. It reserves the
+            // pages (and grows the file): writing through the mapping cannot hit a hole that a
+            // full tmpfs could not fill (SIGBUS), it fails here with ENOSPC instead.
+            let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, want_i64) };
+            if rc != 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                    return Err(e);
+                }
+                // a filesystem without fallocate: grown sparse (tmpfs, the intended one, has it)
+                crate::codec::grow_to(&file, want)?;
+            }
+            let whole = usize::try_from(want).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "file too large to map"))?;
+            // SAFETY: a shared writable mapping of a file of the stack's private folder, which no
+            // one shrinks (module docs); its space is reserved just above.
+            let map = unsafe { memmap2::MmapOptions::new().len(whole).populate().map_mut(&file)? };
+            CachedWritable { dev: meta.dev(), ino: meta.ino(), file, map }
+        }
+    };
+    let r = fill(&mut entry.map[..len]);
+    let mut cache = WRITE_CACHE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if cache.len() >= CACHED_MAPPINGS {
+        cache.remove(0);
+    }
+    cache.push(entry);
+    Ok(r)
+}
+
 impl std::fmt::Debug for MappedFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MappedFile").field("len", &self.map.len()).finish()
@@ -124,6 +190,31 @@ mod tests {
         assert_eq!(m.bytes()[8_999], bytes[8_999]);
         assert!(MappedFile::map(&f, 10_001).is_err());
         assert!(MappedFile::map(&f, 0).is_err());
+    }
+
+    #[test]
+    fn writes_through_a_cached_writable_mapping() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.vol");
+        let open = || std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).unwrap();
+        // a new, empty file grows to the length written
+        write_mapped(open(), 10_000, |b| b.iter_mut().enumerate().for_each(|(i, x)| *x = (i % 7) as u8)).unwrap();
+        let back = std::fs::read(&path).unwrap();
+        assert_eq!(back.len(), 10_000);
+        assert!(back.iter().enumerate().all(|(i, &x)| x == (i % 7) as u8));
+        // a shorter study: only its prefix is rewritten, the file keeps its length
+        let n = write_mapped(open(), 100, |b| {
+            b.fill(9);
+            b.len()
+        })
+        .unwrap();
+        assert_eq!(n, 100);
+        let back = std::fs::read(&path).unwrap();
+        assert_eq!((back.len(), back[99], back[100]), (10_000, 9, (100 % 7) as u8));
+        // a longer one: mapped again, grown
+        write_mapped(open(), 20_000, |b| b.fill(5)).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), vec![5u8; 20_000]);
+        assert_eq!(write_mapped(open(), 0, |b| b.len()).unwrap(), 0);
     }
 
     #[test]
