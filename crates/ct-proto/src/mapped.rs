@@ -1,10 +1,10 @@
-//! Read-only memory mappings of one-machine mode's shared volume files: a model service reads a
-//! study's voxels and lung mask in place (zero-copy) instead of copying 150-250 MB out of the
-//! tmpfs folder for every study.
+//! Memory mappings of one-machine mode's shared volume files: a model service reads a study's
+//! voxels and lung mask in place (zero-copy, read-only) instead of copying 150-250 MB out of the
+//! tmpfs folder for every study, and preprocess-svc writes them through a writable mapping.
 //!
 //! The workspace denies `unsafe` code; this module is one of its two audited exceptions (the
-//! other is `ct_service::alloc`): the one `mmap` call below. Mapping a file is unsafe because
-//! the file can change under the mapping:
+//! other is `ct_service::alloc`): the two `mmap` calls and one `fallocate` below. Mapping a file
+//! is unsafe because the file can change under the mapping:
 //! - a file truncated below a mapped page makes the next access to that page raise SIGBUS, which
 //!   kills the process;
 //! - bytes rewritten while borrowed break the immutability a `&[u8]` promises.
@@ -18,7 +18,6 @@
 //! mappings); sweeps of stale files unlink. What is left is a process outside the stack
 //! truncating files of the folder: the folder must be private to the stack (`deploy/local/up`
 //! creates it mode 0700; compose mounts a volume no other container sees).
-
 //!
 //! The writer (preprocess-svc) fills the file through a writable mapping too ([`write_mapped`]):
 //! copying into mapped pages is twice as fast as `pwrite` into tmpfs (no page-cache lookup per
