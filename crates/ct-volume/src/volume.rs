@@ -10,32 +10,6 @@ pub enum Voxels {
     F32(Array3<f32>),
 }
 
-impl Voxels {
-    /// `[nk, nj, ni]`.
-    pub fn shape(&self) -> [usize; 3] {
-        let s = match self {
-            Voxels::I16(a) => a.shape(),
-            Voxels::F32(a) => a.shape(),
-        };
-        [s[0], s[1], s[2]]
-    }
-
-    pub fn bytes_per_voxel(&self) -> usize {
-        match self {
-            Voxels::I16(_) => 2,
-            Voxels::F32(_) => 4,
-        }
-    }
-
-    /// Value of slice `k`, row `j`, column `i` as f32.
-    pub fn get(&self, k: usize, j: usize, i: usize) -> f32 {
-        match self {
-            Voxels::I16(a) => f32::from(a[[k, j, i]]),
-            Voxels::F32(a) => a[[k, j, i]],
-        }
-    }
-}
-
 /// Where the volume sits in the patient (DICOM LPS, millimetres).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Geometry {
